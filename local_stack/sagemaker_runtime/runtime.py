@@ -1,0 +1,94 @@
+"""State and execution engine of the local SageMaker runtime.
+
+The runtime keeps resources in memory (one process, one ``make demo``/``make ui`` session), runs
+jobs asynchronously in threads, and bounds how many "containers" (script processes) run at once
+by the machine's cores. Job scripts run with the current interpreter standing in for the image.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import boto3
+from botocore.config import Config
+
+from local_stack.sagemaker_runtime.faults import FaultInjector
+
+
+class Runtime:
+    """Everything the action handlers share: stores, locks, S3 access, job threads, faults."""
+
+    def __init__(
+        self,
+        workdir: Path,
+        endpoint_url: str,
+        region: str = "us-east-1",
+        account_id: str = "123456789012",
+        max_parallel_containers: int | None = None,
+    ) -> None:
+        self.workdir = Path(workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.endpoint_url = endpoint_url
+        self.region = region
+        self.account_id = account_id
+        self.lock = threading.RLock()
+        self.faults = FaultInjector()
+        self._stores: dict[str, dict[str, dict[str, Any]]] = {}
+        self._slots = threading.BoundedSemaphore(max_parallel_containers or os.cpu_count() or 2)
+        self._threads: list[threading.Thread] = []
+        self._stopping = threading.Event()
+
+    # --- resources -------------------------------------------------------------------------
+    def store(self, kind: str) -> dict[str, dict[str, Any]]:
+        """The dict of resources of one kind (e.g. ``"TrainingJob"``), keyed by name.
+
+        Hold ``self.lock`` while reading-then-writing it."""
+        with self.lock:
+            return self._stores.setdefault(kind, {})
+
+    def arn(self, resource: str, name: str) -> str:
+        """An ARN the way SageMaker spells it (resource names are lower-cased in ARNs)."""
+        return f"arn:aws:sagemaker:{self.region}:{self.account_id}:{resource}/{name.lower()}"
+
+    # --- AWS clients for the rest of the local endpoint (moto) -------------------------------
+    def client(self, service: str) -> Any:
+        """A boto3 client for ``service`` on this same local endpoint (S3, logs, ...)."""
+        return boto3.client(
+            service,
+            endpoint_url=self.endpoint_url,
+            region_name=self.region,
+            aws_access_key_id="local",
+            aws_secret_access_key="local",
+            config=Config(retries={"max_attempts": 5, "mode": "standard"}),
+        )
+
+    # --- execution ---------------------------------------------------------------------------
+    def run_async(self, name: str, fn: Callable[[], None]) -> None:
+        """Run ``fn`` in a daemon thread (one per job); exceptions are the job's to record."""
+        thread = threading.Thread(target=fn, name=f"job-{name}", daemon=True)
+        with self.lock:
+            self._threads = [t for t in self._threads if t.is_alive()]
+            self._threads.append(thread)
+        thread.start()
+
+    @contextlib.contextmanager
+    def container_slot(self) -> Iterator[None]:
+        """Hold one of the machine's container slots while a script process runs."""
+        with self._slots:
+            yield
+
+    @property
+    def stopping(self) -> threading.Event:
+        """Set when the endpoint shuts down; long-running loops should check it."""
+        return self._stopping
+
+    def shutdown(self, timeout: float = 5.0) -> None:
+        """Ask running jobs to stop and wait briefly for their threads."""
+        self._stopping.set()
+        for thread in list(self._threads):
+            thread.join(timeout)

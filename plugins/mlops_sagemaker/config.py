@@ -1,0 +1,342 @@
+"""Use-case configuration: one YAML file per use case, validated when the DAG file is parsed.
+
+A typo, a missing field or a wrong type fails the DAG import with a ``ConfigError`` naming the
+file and the field (``include/config/tpch_orders.yaml: tuning.max_jobs: ...``). Every model
+forbids unknown keys so that a misspelt optional field is an error, not a silently ignored line.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import date
+from pathlib import Path
+from typing import Annotated, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+# SageMaker's name rule: ^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}; our short names are lower-case.
+_SHORT_NAME = r"^[a-z0-9](?:[a-z0-9-]*[a-z0-9])?$"
+# Presto identifiers pasted into SQL: plain, unquoted identifiers only.
+_IDENTIFIER = r"^[A-Za-z_][A-Za-z0-9_]*$"
+_BUCKET = r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$"
+_S3_PREFIX = r"^[A-Za-z0-9!_.*'()-]+(?:/[A-Za-z0-9!_.*'()-]+)*$"
+
+# Longest name suffix naming.job_name adds: "-YYYYMMDD-hpo-ffffff-z".
+NAME_SUFFIX_LENGTH = 22
+TUNING_NAME_LIMIT = 32
+
+
+class ConfigError(ValueError):
+    """A use-case config file is invalid; the message names the file and the fields."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+Identifier = Annotated[str, Field(pattern=_IDENTIFIER)]
+
+
+class Connections(_Strict):
+    """Airflow connection ids: credentials live only there (or in the secrets backend)."""
+
+    presto: str = "presto_default"
+    aws: str = "aws_default"
+
+
+class SensorSettings(_Strict):
+    """How long and how often the data-arrival sensor waits (reschedule mode frees the slot)."""
+
+    poke_interval_seconds: int = Field(300, ge=5)
+    timeout_seconds: int = Field(6 * 3600, ge=60)
+
+
+class Source(_Strict):
+    """Where the data is in Presto and which SQL files read it."""
+
+    catalog: Identifier
+    schema_: Identifier = Field(alias="schema")
+    sql_dir: str | None = Field(None, description="folder under include/sql; default: use case")
+    training_query: str = "training.sql"
+    data_arrival_query: str = "data_arrival.sql"
+    lookback_days: int = Field(ge=1, le=3660)
+    extract_chunk_rows: int = Field(50_000, ge=100, le=5_000_000)
+    sensor: SensorSettings = SensorSettings()
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class Split(_Strict):
+    """Deterministic split fractions (test gets the rest) and the hash salt."""
+
+    train: float = Field(gt=0, lt=1)
+    validation: float = Field(gt=0, lt=1)
+    salt: str = ""
+
+    @model_validator(mode="after")
+    def _leaves_a_test_split(self) -> Split:
+        if self.train + self.validation >= 1:
+            raise ValueError("train + validation must be < 1 so that the test split is not empty")
+        return self
+
+
+class Dataset(_Strict):
+    """Columns of the extracted table: row key, label and features."""
+
+    key_column: Identifier
+    label_column: Identifier
+    label_description: str = Field(min_length=1)
+    feature_columns: list[Identifier] = Field(min_length=1)
+    split: Split
+
+    @model_validator(mode="after")
+    def _distinct_columns(self) -> Dataset:
+        if len(set(self.feature_columns)) != len(self.feature_columns):
+            raise ValueError("feature_columns has duplicates")
+        clash = {self.key_column, self.label_column} & set(self.feature_columns)
+        if clash:
+            raise ValueError(f"key/label column also listed as a feature: {sorted(clash)}")
+        if self.key_column == self.label_column:
+            raise ValueError("key_column and label_column must differ")
+        return self
+
+
+class Storage(_Strict):
+    """S3 bucket and prefix: s3://<bucket>/<prefix>/<use_case>/<pipeline>/<ds>/<step>/..."""
+
+    bucket: str = Field(pattern=_BUCKET)
+    prefix: str = Field(pattern=_S3_PREFIX)
+
+
+class JobResources(_Strict):
+    """Instances and limits of one kind of SageMaker job."""
+
+    instance_type: str = Field(pattern=r"^ml\.[a-z0-9]+\.[a-z0-9]+$")
+    instance_count: int = Field(1, ge=1, le=100)
+    volume_size_gb: int = Field(30, ge=1, le=16384)
+    max_runtime_seconds: int = Field(3600, ge=60, le=5 * 24 * 3600)
+
+
+class Vpc(_Strict):
+    """VPC placement of the jobs; both lists empty means no VPC config."""
+
+    subnets: list[str] = []
+    security_group_ids: list[str] = []
+
+    @model_validator(mode="after")
+    def _both_or_neither(self) -> Vpc:
+        if bool(self.subnets) != bool(self.security_group_ids):
+            raise ValueError("set both subnets and security_group_ids, or neither")
+        return self
+
+
+class Network(_Strict):
+    """Isolation and encryption settings; empty/false means off."""
+
+    enable_network_isolation: bool = False
+    enable_inter_container_traffic_encryption: bool = False
+    vpc: Vpc = Vpc()
+    kms_key_id: str = Field("", description="KMS key for job outputs in S3; empty: S3 default")
+    volume_kms_key_id: str = Field("", description="KMS key for job volumes; empty: default")
+
+
+class SageMakerSettings(_Strict):
+    """Settings shared by every SageMaker job of the use case."""
+
+    role_arn: str = Field(pattern=r"^arn:aws[a-z-]*:iam::\d{12}:role/.+$")
+    sklearn_framework_version: str = Field("1.2-1", pattern=r"^\d+\.\d+-\d+$")
+    image_uri: str | None = Field(None, description="override of the scikit-learn image URI")
+    python_version: str = "py3"
+    processing: JobResources
+    training: JobResources
+    network: Network = Network()
+    tags: dict[str, str] = {}
+    check_interval_seconds: int = Field(30, ge=1)
+    max_job_wait_seconds: int = Field(4 * 3600, ge=60)
+
+    @field_validator("tags")
+    @classmethod
+    def _tag_limits(cls, tags: dict[str, str]) -> dict[str, str]:
+        for key, value in tags.items():
+            if not 1 <= len(key) <= 128 or len(value) > 256 or key.lower().startswith("aws:"):
+                raise ValueError(f"invalid tag {key!r}: keys 1-128 chars, not aws:, values ≤ 256")
+        return tags
+
+
+class IntegerRange(_Strict):
+    """An integer hyperparameter range (inclusive)."""
+
+    min: int
+    max: int
+    scaling: Literal["Auto", "Linear", "Logarithmic", "ReverseLogarithmic"] = "Auto"
+
+    @model_validator(mode="after")
+    def _ordered(self) -> IntegerRange:
+        if self.min > self.max:
+            raise ValueError(f"min {self.min} > max {self.max}")
+        return self
+
+
+class ContinuousRange(_Strict):
+    """A continuous hyperparameter range (inclusive)."""
+
+    min: float
+    max: float
+    scaling: Literal["Auto", "Linear", "Logarithmic", "ReverseLogarithmic"] = "Auto"
+
+    @model_validator(mode="after")
+    def _ordered(self) -> ContinuousRange:
+        if self.min > self.max:
+            raise ValueError(f"min {self.min} > max {self.max}")
+        return self
+
+
+class Objective(_Strict):
+    """The tuning objective and the regex that reads it from train.py's output."""
+
+    metric_name: str = Field(pattern=r"^[A-Za-z0-9_:./-]+$")
+    type: Literal["Maximize", "Minimize"] = "Maximize"
+    regex: str
+
+    @field_validator("regex")
+    @classmethod
+    def _one_group(cls, regex: str) -> str:
+        if re.compile(regex).groups != 1:
+            raise ValueError("the metric regex must have exactly one capture group")
+        return regex
+
+
+class Tuning(_Strict):
+    """Hyperparameter tuning of the RandomForest."""
+
+    strategy: Literal["Bayesian", "Random"] = "Bayesian"
+    objective: Objective
+    max_jobs: int = Field(ge=1, le=500)
+    max_parallel_jobs: int = Field(ge=1, le=100)
+    integer_ranges: dict[Identifier, IntegerRange] = {}
+    continuous_ranges: dict[Identifier, ContinuousRange] = {}
+    categorical_ranges: dict[Identifier, list[str]] = {}
+    static_hyperparameters: dict[Identifier, str | int | float] = {}
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Tuning:
+        names = [*self.integer_ranges, *self.continuous_ranges, *self.categorical_ranges]
+        if not names:
+            raise ValueError("at least one hyperparameter range is needed")
+        if len(set(names)) != len(names):
+            raise ValueError("a hyperparameter appears in two ranges")
+        clash = set(names) & set(self.static_hyperparameters)
+        if clash:
+            raise ValueError(f"hyperparameters both tuned and static: {sorted(clash)}")
+        for name, values in self.categorical_ranges.items():
+            if not values or len(set(values)) != len(values):
+                raise ValueError(f"categorical range {name} needs distinct values")
+        if self.max_parallel_jobs > self.max_jobs:
+            raise ValueError("max_parallel_jobs cannot exceed max_jobs")
+        return self
+
+
+class Evaluation(_Strict):
+    """The quality gate: the model is registered only if metric >= threshold."""
+
+    metric: Literal["auc", "accuracy", "precision", "recall", "f1"] = "auc"
+    threshold: float = Field(ge=0, le=1)
+
+
+class Registry(_Strict):
+    """Where and how new model versions are registered."""
+
+    model_package_group: str = Field(pattern=r"^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}$")
+    description: str = ""
+    approval_status: Literal["PendingManualApproval", "Approved", "Rejected"] = (
+        "PendingManualApproval"
+    )
+    inference_instance_types: list[str] = Field(["ml.m5.large"], min_length=1)
+    transform_instance_types: list[str] = Field(["ml.m5.large"], min_length=1)
+
+
+class Schedule(_Strict):
+    """When the training DAG runs."""
+
+    cron: str = "@daily"
+    start_date: date
+    end_date: date | None = None
+    catchup: bool = False
+    retries: int = Field(2, ge=0, le=10)
+    retry_delay_seconds: int = Field(300, ge=0)
+    max_active_runs: int = Field(1, ge=1, le=32)
+
+
+class UseCase(_Strict):
+    """One use case: everything its DAGs need, validated."""
+
+    use_case: Identifier
+    short_name: str = Field(pattern=_SHORT_NAME, max_length=TUNING_NAME_LIMIT - NAME_SUFFIX_LENGTH)
+    description: str = Field(min_length=1)
+    owner: str = "data-engineering"
+    schedule: Schedule
+    connections: Connections = Connections()
+    source: Source
+    dataset: Dataset
+    storage: Storage
+    sagemaker: SageMakerSettings
+    tuning: Tuning
+    evaluation: Evaluation
+    registry: Registry
+
+    @property
+    def sql_dir(self) -> str:
+        """Folder under ``include/sql`` holding this use case's SQL files."""
+        return self.source.sql_dir or self.use_case
+
+    @model_validator(mode="after")
+    def _hyperparameters_known(self) -> UseCase:
+        reserved = {"feature_columns", "label_column", "key_column"}
+        tuned = {
+            *self.tuning.integer_ranges,
+            *self.tuning.continuous_ranges,
+            *self.tuning.categorical_ranges,
+            *self.tuning.static_hyperparameters,
+        }
+        if reserved & tuned:
+            raise ValueError(
+                f"hyperparameters set by the package itself: {sorted(reserved & tuned)}"
+            )
+        return self
+
+
+def _format_errors(path: Path, err: ValidationError) -> str:
+    lines = [f"{path}: invalid use-case config ({err.error_count()} error(s))"]
+    for item in err.errors():
+        where = ".".join(str(p) for p in item["loc"]) or "<top level>"
+        lines.append(f"  - {where}: {item['msg']}")
+    return "\n".join(lines)
+
+
+def load_use_case(path: Path) -> UseCase:
+    """Read and validate one use-case YAML; raise ``ConfigError`` naming the file and fields."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from err
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(raw).__name__}")
+    try:
+        config = UseCase.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(_format_errors(path, err)) from None
+    if config.use_case != path.stem:
+        raise ConfigError(f"{path}: use_case {config.use_case!r} must match the file name")
+    return config
+
+
+def load_use_cases(config_dir: Path) -> list[UseCase]:
+    """Every ``*.yaml`` in ``config_dir``, validated, sorted by file name."""
+    configs = [load_use_case(p) for p in sorted(Path(config_dir).glob("*.yaml"))]
+    short_names = [c.short_name for c in configs]
+    duplicates = sorted({n for n in short_names if short_names.count(n) > 1})
+    if duplicates:
+        raise ConfigError(f"{config_dir}: short_name used by several use cases: {duplicates}")
+    return configs

@@ -1,0 +1,263 @@
+"""Operators we add on top of the Amazon provider, and why.
+
+* ``IdempotentProcessingOperator`` / ``IdempotentTuningOperator``: the provider's processing
+  operator either fails on an existing name or starts a timestamped copy, and its tuning operator
+  has no exists check at all, so a cleared task would fail or re-run a finished job. These
+  subclasses look up the attempts of the request's name (see ``naming``): a ``Completed`` job is
+  reused, an ``InProgress`` one is waited for, and only a failed/stopped one leads to a new
+  attempt. Everything else (request sending, waiting, failure messages) is the provider's.
+* ``IdempotentRegisterModelVersionOperator``: the provider's operator always creates a version;
+  this one first finds the version this run date + model already registered, takes ``extras``
+  as a templated field (so the full request can come from XCom) and emits an Asset event.
+* ``PrestoToS3Operator``: ``SqlToS3Operator`` loads the whole result into pandas; this one
+  streams chunks (``extract.extract_to_s3``) and renders its SQL file like any Airflow template.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+from airflow.providers.amazon.aws.operators.sagemaker import (
+    SageMakerProcessingOperator,
+    SageMakerRegisterModelVersionOperator,
+    SageMakerTuningOperator,
+    serialize,
+)
+from airflow.sdk import BaseOperator
+
+from mlops_sagemaker.naming import MAX_NAME, MAX_TUNING_NAME, attempt_name, attempt_of
+
+TERMINAL_OK = "Completed"
+RUNNING = {"InProgress", "Stopping"}
+CHECK_INTERVAL_PARAM = "sagemaker_check_interval_seconds"
+
+
+def _paginate(call: Callable[..., dict], key: str, **kwargs: Any) -> Iterator[dict]:
+    token: str | None = None
+    while True:
+        page = call(**kwargs, **({"NextToken": token} if token else {}))
+        yield from page.get(key, [])
+        token = page.get("NextToken")
+        if not token:
+            return
+
+
+def resolve_attempt(
+    first_name: str,
+    summaries: Iterator[dict],
+    name_key: str,
+    status_key: str,
+    limit: int,
+) -> tuple[str, str | None]:
+    """Choose the job name to use for a request whose first-attempt name is ``first_name``.
+
+    Returns ``(name, status)``: the status of an existing job to reuse (``Completed``) or to wait
+    for (``InProgress``/``Stopping``), or ``None`` when a new job must be created under ``name``.
+    """
+    base = first_name[:-2]
+    attempts: dict[int, str] = {}
+    for summary in summaries:
+        attempt = attempt_of(base, summary[name_key])
+        if attempt is not None:
+            attempts[attempt] = summary[status_key]
+    for wanted in (TERMINAL_OK, *sorted(RUNNING)):
+        matching = [a for a, status in attempts.items() if status == wanted]
+        if matching:
+            return attempt_name(base, max(matching), limit), wanted
+    return attempt_name(base, max(attempts, default=0) + 1, limit), None
+
+
+class _CheckIntervalFromParams:
+    """Lets a run override how often jobs are polled (Param ``sagemaker_check_interval_seconds``)."""
+
+    check_interval: int
+
+    def _apply_params(self, context: Any) -> None:
+        value = (context.get("params") or {}).get(CHECK_INTERVAL_PARAM)
+        if value:
+            self.check_interval = int(value)
+
+
+class IdempotentProcessingOperator(_CheckIntervalFromParams, SageMakerProcessingOperator):
+    """``SageMakerProcessingOperator`` that reuses or resumes this request's job on re-runs."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs.setdefault("action_if_job_exists", "fail")
+        super().__init__(**kwargs)
+
+    def execute(self, context: Any) -> dict:
+        """Reuse a completed job, wait for a running one, or start the next attempt."""
+        self._apply_params(context)
+        conn = self.hook.conn
+        first = self.config["ProcessingJobName"]
+        summaries = _paginate(
+            conn.list_processing_jobs, "ProcessingJobSummaries", NameContains=first[:-2]
+        )
+        name, status = resolve_attempt(
+            first, summaries, "ProcessingJobName", "ProcessingJobStatus", MAX_NAME
+        )
+        self.config["ProcessingJobName"] = name
+        if status is None:
+            self.log.info("Starting processing job %s", name)
+            return super().execute(context)
+        if status in RUNNING:
+            self.log.info("Processing job %s is already running; waiting for it", name)
+            self.hook.check_status(
+                name,
+                "ProcessingJobStatus",
+                self.hook.describe_processing_job,
+                self.check_interval,
+                self.max_ingestion_time,
+            )
+        else:
+            self.log.info("Processing job %s already completed for this input; reusing it", name)
+        return {"Processing": serialize(self.hook.describe_processing_job(name))}
+
+
+class IdempotentTuningOperator(_CheckIntervalFromParams, SageMakerTuningOperator):
+    """``SageMakerTuningOperator`` that reuses or resumes this request's tuning job on re-runs."""
+
+    def execute(self, context: Any) -> dict:
+        """Reuse a completed tuning job, wait for a running one, or start the next attempt."""
+        self._apply_params(context)
+        conn = self.hook.conn
+        first = self.config["HyperParameterTuningJobName"]
+        summaries = _paginate(
+            conn.list_hyper_parameter_tuning_jobs,
+            "HyperParameterTuningJobSummaries",
+            NameContains=first[:-2],
+        )
+        name, status = resolve_attempt(
+            first,
+            summaries,
+            "HyperParameterTuningJobName",
+            "HyperParameterTuningJobStatus",
+            MAX_TUNING_NAME,
+        )
+        self.config["HyperParameterTuningJobName"] = name
+        if status is None:
+            self.log.info("Starting tuning job %s", name)
+            result = super().execute(context)
+        else:
+            if status in RUNNING:
+                self.log.info("Tuning job %s is already running; waiting for it", name)
+                self.hook.check_status(
+                    name,
+                    "HyperParameterTuningJobStatus",
+                    self.hook.describe_tuning_job,
+                    self.check_interval,
+                    self.max_ingestion_time,
+                )
+            else:
+                self.log.info("Tuning job %s already completed for this input; reusing it", name)
+            result = {"Tuning": serialize(self.hook.describe_tuning_job(name))}
+        # A tuning job can complete with every training job failed: no model to go on with.
+        if not result["Tuning"].get("BestTrainingJob"):
+            raise RuntimeError(
+                f"Tuning job {name} finished without a best training job "
+                f"(status counters: {result['Tuning'].get('TrainingJobStatusCounters')})"
+            )
+        return result
+
+
+def find_registered_version(conn: Any, group: str, registration_key: str) -> str | None:
+    """ARN of the version in ``group`` registered with ``registration_key``, if any."""
+    try:
+        conn.describe_model_package_group(ModelPackageGroupName=group)
+    except conn.exceptions.ClientError as err:
+        if err.response["Error"]["Code"] in ("ValidationException", "ResourceNotFound"):
+            return None
+        raise
+    summaries = _paginate(
+        conn.list_model_packages,
+        "ModelPackageSummaryList",
+        ModelPackageGroupName=group,
+        SortBy="CreationTime",
+        SortOrder="Descending",
+    )
+    for summary in summaries:
+        if f"[{registration_key}]" not in summary.get("ModelPackageDescription", ""):
+            continue
+        described = conn.describe_model_package(ModelPackageName=summary["ModelPackageArn"])
+        props = described.get("CustomerMetadataProperties", {})
+        if props.get("registration_key") == registration_key:
+            return summary["ModelPackageArn"]
+    return None
+
+
+class IdempotentRegisterModelVersionOperator(SageMakerRegisterModelVersionOperator):
+    """Registers one model version per run date and model; emits an Asset event with its ARN."""
+
+    template_fields: Sequence[str] = (
+        *SageMakerRegisterModelVersionOperator.template_fields,
+        "extras",
+    )
+
+    def execute(self, context: Any) -> str:
+        """Return the existing version's ARN, or register a new one."""
+        key = self.extras["CustomerMetadataProperties"]["registration_key"]
+        arn = find_registered_version(self.hook.conn, self.package_group_name, key)
+        if arn:
+            self.log.info("Model version %s already registered for this run; reusing it", arn)
+        else:
+            arn = super().execute(context)
+            self.log.info("Registered model version %s", arn)
+        described = self.hook.conn.describe_model_package(ModelPackageName=arn)
+        extra = {
+            "model_package_arn": arn,
+            "model_package_group": self.package_group_name,
+            "approval_status": described["ModelApprovalStatus"],
+            "run_date": self.extras["CustomerMetadataProperties"].get("run_date", ""),
+        }
+        for outlet in self.outlets:
+            context["outlet_events"][outlet].extra = extra
+        return arn
+
+
+class PrestoToS3Operator(BaseOperator):
+    """Run a templated Presto SQL file and stream its result to S3 as Parquet parts.
+
+    The SQL is rendered by Airflow (``template_ext`` ``.sql``, the DAG's StrictUndefined), so the
+    exact query of each run shows in the UI's Rendered Template tab.
+    """
+
+    template_fields: Sequence[str] = ("sql", "s3_prefix", "context_label")
+    template_ext: Sequence[str] = (".sql",)
+    template_fields_renderers = {"sql": "sql"}
+    ui_color = "#d8e9f9"
+
+    def __init__(
+        self,
+        *,
+        sql: str,
+        s3_bucket: str,
+        s3_prefix: str,
+        presto_conn_id: str,
+        aws_conn_id: str,
+        chunk_rows: int,
+        context_label: str = "",
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.sql = sql
+        self.s3_bucket = s3_bucket
+        self.s3_prefix = s3_prefix
+        self.presto_conn_id = presto_conn_id
+        self.aws_conn_id = aws_conn_id
+        self.chunk_rows = chunk_rows
+        self.context_label = context_label
+
+    def execute(self, context: Any) -> dict:
+        """Stream the query result to S3; return the manifest (row count, schema, parts)."""
+        from mlops_sagemaker.extract import extract_to_s3
+
+        return extract_to_s3(
+            sql=self.sql,
+            presto_conn_id=self.presto_conn_id,
+            aws_conn_id=self.aws_conn_id,
+            bucket=self.s3_bucket,
+            prefix=self.s3_prefix,
+            chunk_rows=self.chunk_rows,
+            context_label=self.context_label,
+        )

@@ -1,0 +1,381 @@
+"""Plain-dict SageMaker requests built from the use-case config and the run's context.
+
+These functions are pure (no AWS call): the DAG's planning tasks call them at run time and the
+provider operators send the result; tests validate them against botocore's service model for
+many run dates. Job names carry a fingerprint of the request itself (see ``naming``).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from mlops_sagemaker.config import UseCase
+from mlops_sagemaker.naming import (
+    MAX_NAME,
+    MAX_TUNING_NAME,
+    RunPaths,
+    attempt_name,
+    fingerprint,
+    job_base_name,
+)
+
+PROCESSING_ROOT = "/opt/ml/processing"
+CONTENT_TYPES = ["text/csv", "application/json", "application/jsonlines"]
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """What the requests need to know about the DAG run."""
+
+    ds: str
+    data_interval_start: str
+    data_interval_end: str
+    run_id: str
+
+    @property
+    def ds_nodash(self) -> str:
+        """The run date as YYYYMMDD."""
+        return self.ds.replace("-", "")
+
+
+@dataclass(frozen=True)
+class CodeLocations:
+    """Where the content-addressed step code lives in S3."""
+
+    version: str
+    preprocess_uri: str
+    evaluate_uri: str
+    sourcedir_uri: str
+
+    def as_dict(self) -> dict[str, str]:
+        """JSON-friendly form for XCom."""
+        return asdict(self)
+
+
+def run_paths(config: UseCase, ds: str, pipeline: str = "training") -> RunPaths:
+    """The S3 layout of a run of ``pipeline`` for ``ds``."""
+    return RunPaths(config.storage.bucket, config.storage.prefix, config.use_case, pipeline, ds)
+
+
+def tags(config: UseCase, run: RunInfo, step: str) -> list[dict[str, str]]:
+    """Config tags plus the tags that let anyone trace a job back to its DAG run."""
+    merged = {
+        **config.sagemaker.tags,
+        "mlops:use-case": config.use_case,
+        "mlops:run-date": run.ds,
+        "mlops:step": step,
+        "mlops:managed-by": "airflow",
+    }
+    return [{"Key": k, "Value": v} for k, v in sorted(merged.items())]
+
+
+def _vpc(config: UseCase) -> dict[str, Any] | None:
+    vpc = config.sagemaker.network.vpc
+    if not vpc.subnets:
+        return None
+    return {"Subnets": list(vpc.subnets), "SecurityGroupIds": list(vpc.security_group_ids)}
+
+
+def _named(request: dict[str, Any], key: str, base: str, limit: int) -> dict[str, Any]:
+    request[key] = attempt_name(base, 1, limit)
+    return request
+
+
+def _s3_input(name: str, uri: str, local_path: str) -> dict[str, Any]:
+    return {
+        "InputName": name,
+        "S3Input": {
+            "S3Uri": uri,
+            "LocalPath": local_path,
+            "S3DataType": "S3Prefix",
+            "S3InputMode": "File",
+            "S3DataDistributionType": "FullyReplicated",
+        },
+    }
+
+
+def _s3_output(name: str, uri: str, local_path: str) -> dict[str, Any]:
+    return {
+        "OutputName": name,
+        "S3Output": {"S3Uri": uri, "LocalPath": local_path, "S3UploadMode": "EndOfJob"},
+    }
+
+
+def _processing_request(
+    config: UseCase,
+    run: RunInfo,
+    step: str,
+    image_uri: str,
+    script: str,
+    arguments: list[str],
+    inputs: list[dict[str, Any]],
+    outputs: list[dict[str, Any]],
+    upstream: str,
+) -> dict[str, Any]:
+    settings = config.sagemaker
+    output_config: dict[str, Any] = {"Outputs": outputs}
+    if settings.network.kms_key_id:
+        output_config["KmsKeyId"] = settings.network.kms_key_id
+    cluster: dict[str, Any] = {
+        "InstanceCount": settings.processing.instance_count,
+        "InstanceType": settings.processing.instance_type,
+        "VolumeSizeInGB": settings.processing.volume_size_gb,
+    }
+    if settings.network.volume_kms_key_id:
+        cluster["VolumeKmsKeyId"] = settings.network.volume_kms_key_id
+    request: dict[str, Any] = {
+        "RoleArn": settings.role_arn,
+        "AppSpecification": {
+            "ImageUri": image_uri,
+            "ContainerEntrypoint": ["python3", f"{PROCESSING_ROOT}/input/code/{script}"],
+            "ContainerArguments": arguments,
+        },
+        "ProcessingInputs": inputs,
+        "ProcessingOutputConfig": output_config,
+        "ProcessingResources": {"ClusterConfig": cluster},
+        "StoppingCondition": {"MaxRuntimeInSeconds": settings.processing.max_runtime_seconds},
+        "Environment": {"PYTHONUNBUFFERED": "1"},
+        "Tags": tags(config, run, step),
+    }
+    network: dict[str, Any] = {}
+    if settings.network.enable_network_isolation:
+        network["EnableNetworkIsolation"] = True
+    if settings.network.enable_inter_container_traffic_encryption:
+        network["EnableInterContainerTrafficEncryption"] = True
+    if vpc := _vpc(config):
+        network["VpcConfig"] = vpc
+    if network:
+        request["NetworkConfig"] = network
+    base = job_base_name(config.short_name, run.ds_nodash, step, fingerprint([request, upstream]))
+    return _named(request, "ProcessingJobName", base, MAX_NAME)
+
+
+def split_request(
+    config: UseCase,
+    run: RunInfo,
+    code: CodeLocations,
+    image_uri: str,
+    extract_data_uri: str,
+    data_fingerprint: str,
+) -> dict[str, Any]:
+    """CreateProcessingJob request running ``preprocess.py`` on the extracted rows."""
+    paths = run_paths(config, run.ds)
+    data = config.dataset
+    out = f"{PROCESSING_ROOT}/output"
+    arguments = [
+        "--input-dir", f"{PROCESSING_ROOT}/input/data",
+        "--output-dir", out,
+        "--key-column", data.key_column,
+        "--label-column", data.label_column,
+        "--feature-columns", ",".join(data.feature_columns),
+        "--train-fraction", str(data.split.train),
+        "--validation-fraction", str(data.split.validation),
+        "--split-salt", data.split.salt,
+    ]  # fmt: skip
+    inputs = [
+        _s3_input("data", extract_data_uri, f"{PROCESSING_ROOT}/input/data"),
+        _s3_input("code", code.preprocess_uri, f"{PROCESSING_ROOT}/input/code"),
+    ]
+    outputs = [
+        _s3_output(name, paths.uri("split", name, ""), f"{out}/{name}")
+        for name in ("train", "validation", "test", "baseline")
+    ]
+    return _processing_request(
+        config, run, "split", image_uri, "preprocess.py", arguments, inputs, outputs,
+        upstream=data_fingerprint,
+    )  # fmt: skip
+
+
+def tuning_request(
+    config: UseCase,
+    run: RunInfo,
+    code: CodeLocations,
+    image_uri: str,
+    region: str,
+    split_outputs: dict[str, str],
+    split_job_name: str,
+) -> dict[str, Any]:
+    """CreateHyperParameterTuningJob request tuning the RandomForest with ``train.py``.
+
+    ``split_outputs`` maps the split job's output names to their S3 URIs (from its describe
+    output); ``split_job_name`` ties the fingerprint to the exact data the split produced.
+    """
+    settings, tuning, data = config.sagemaker, config.tuning, config.dataset
+    paths = run_paths(config, run.ds)
+    # The SageMaker SDK JSON-encodes framework hyperparameters; the training toolkit decodes them.
+    static = {
+        "sagemaker_program": "train.py",
+        "sagemaker_submit_directory": code.sourcedir_uri,
+        "sagemaker_region": region,
+        "sagemaker_container_log_level": 20,
+        "key_column": data.key_column,
+        "label_column": data.label_column,
+        "feature_columns": ",".join(data.feature_columns),
+        **tuning.static_hyperparameters,
+    }
+    ranges: dict[str, list[dict[str, Any]]] = {
+        "IntegerParameterRanges": [
+            {"Name": n, "MinValue": str(r.min), "MaxValue": str(r.max), "ScalingType": r.scaling}
+            for n, r in tuning.integer_ranges.items()
+        ],
+        "ContinuousParameterRanges": [
+            {"Name": n, "MinValue": str(r.min), "MaxValue": str(r.max), "ScalingType": r.scaling}
+            for n, r in tuning.continuous_ranges.items()
+        ],
+        "CategoricalParameterRanges": [
+            {"Name": n, "Values": list(v)} for n, v in tuning.categorical_ranges.items()
+        ],
+    }
+    resource: dict[str, Any] = {
+        "InstanceType": settings.training.instance_type,
+        "InstanceCount": settings.training.instance_count,
+        "VolumeSizeInGB": settings.training.volume_size_gb,
+    }
+    if settings.network.volume_kms_key_id:
+        resource["VolumeKmsKeyId"] = settings.network.volume_kms_key_id
+    output: dict[str, Any] = {"S3OutputPath": paths.uri("tuning", "")}
+    if settings.network.kms_key_id:
+        output["KmsKeyId"] = settings.network.kms_key_id
+    channels = [
+        {
+            "ChannelName": name,
+            "DataSource": {
+                "S3DataSource": {
+                    "S3DataType": "S3Prefix",
+                    "S3Uri": split_outputs[name],
+                    "S3DataDistributionType": "FullyReplicated",
+                }
+            },
+            "ContentType": "text/csv",
+            "CompressionType": "None",
+        }
+        for name in ("train", "validation")
+    ]
+    definition: dict[str, Any] = {
+        "StaticHyperParameters": {k: json.dumps(v) for k, v in static.items()},
+        "AlgorithmSpecification": {
+            "TrainingImage": image_uri,
+            "TrainingInputMode": "File",
+            "MetricDefinitions": [
+                {"Name": tuning.objective.metric_name, "Regex": tuning.objective.regex}
+            ],
+        },
+        "RoleArn": settings.role_arn,
+        "InputDataConfig": channels,
+        "OutputDataConfig": output,
+        "ResourceConfig": resource,
+        "StoppingCondition": {"MaxRuntimeInSeconds": settings.training.max_runtime_seconds},
+        "EnableNetworkIsolation": settings.network.enable_network_isolation,
+        "EnableInterContainerTrafficEncryption": (
+            settings.network.enable_inter_container_traffic_encryption
+        ),
+    }
+    if vpc := _vpc(config):
+        definition["VpcConfig"] = vpc
+    request: dict[str, Any] = {
+        "HyperParameterTuningJobConfig": {
+            "Strategy": tuning.strategy,
+            "HyperParameterTuningJobObjective": {
+                "Type": tuning.objective.type,
+                "MetricName": tuning.objective.metric_name,
+            },
+            "ResourceLimits": {
+                "MaxNumberOfTrainingJobs": tuning.max_jobs,
+                "MaxParallelTrainingJobs": tuning.max_parallel_jobs,
+            },
+            "ParameterRanges": ranges,
+            "TrainingJobEarlyStoppingType": "Off",
+        },
+        "TrainingJobDefinition": definition,
+        "Tags": tags(config, run, "tuning"),
+    }
+    base = job_base_name(
+        config.short_name, run.ds_nodash, "tuning", fingerprint([request, split_job_name])
+    )
+    return _named(request, "HyperParameterTuningJobName", base, MAX_TUNING_NAME)
+
+
+def evaluation_request(
+    config: UseCase,
+    run: RunInfo,
+    code: CodeLocations,
+    image_uri: str,
+    model_data_url: str,
+    test_uri: str,
+) -> dict[str, Any]:
+    """CreateProcessingJob request running ``evaluate.py`` on the best model and the test split."""
+    paths = run_paths(config, run.ds)
+    arguments = [
+        "--model-dir", f"{PROCESSING_ROOT}/model",
+        "--test-dir", f"{PROCESSING_ROOT}/test",
+        "--output-dir", f"{PROCESSING_ROOT}/evaluation",
+    ]  # fmt: skip
+    inputs = [
+        _s3_input("model", model_data_url, f"{PROCESSING_ROOT}/model"),
+        _s3_input("test", test_uri, f"{PROCESSING_ROOT}/test"),
+        _s3_input("code", code.evaluate_uri, f"{PROCESSING_ROOT}/input/code"),
+    ]
+    outputs = [
+        _s3_output("evaluation", paths.uri("evaluation", ""), f"{PROCESSING_ROOT}/evaluation")
+    ]
+    return _processing_request(
+        config, run, "evaluation", image_uri, "evaluate.py", arguments, inputs, outputs,
+        upstream=model_data_url,
+    )  # fmt: skip
+
+
+def registration_request(
+    config: UseCase,
+    run: RunInfo,
+    code: CodeLocations,
+    image_uri: str,
+    region: str,
+    model_data_url: str,
+    evaluation_uri: str,
+    metadata: dict[str, Any],
+) -> dict[str, Any]:
+    """CreateModelPackage request for a new version in the use case's model package group.
+
+    ``registration_key`` (in the description and the metadata) identifies the run date + model:
+    re-running the registration finds the version it created instead of adding another.
+    """
+    key = fingerprint([run.ds, model_data_url], length=16)
+    properties = {k: str(v)[:256] for k, v in {**metadata, "registration_key": key}.items()}
+    description = f"{config.registry.description or config.use_case} | run {run.ds} [{key}]"
+    return {
+        "ModelPackageGroupName": config.registry.model_package_group,
+        "ModelPackageDescription": description[:1024],
+        "ModelApprovalStatus": config.registry.approval_status,
+        "InferenceSpecification": {
+            "Containers": [
+                {
+                    "Image": image_uri,
+                    "ModelDataUrl": model_data_url,
+                    "Environment": {
+                        "SAGEMAKER_PROGRAM": "inference.py",
+                        "SAGEMAKER_SUBMIT_DIRECTORY": code.sourcedir_uri,
+                        "SAGEMAKER_CONTAINER_LOG_LEVEL": "20",
+                        "SAGEMAKER_REGION": region,
+                    },
+                    "Framework": "SKLEARN",
+                    "FrameworkVersion": config.sagemaker.sklearn_framework_version,
+                }
+            ],
+            "SupportedContentTypes": CONTENT_TYPES,
+            "SupportedResponseMIMETypes": CONTENT_TYPES,
+            "SupportedRealtimeInferenceInstanceTypes": list(
+                config.registry.inference_instance_types
+            ),
+            "SupportedTransformInstanceTypes": list(config.registry.transform_instance_types),
+        },
+        "ModelMetrics": {
+            "ModelQuality": {
+                "Statistics": {"ContentType": "application/json", "S3Uri": evaluation_uri}
+            }
+        },
+        "CustomerMetadataProperties": properties,
+        "ClientToken": key,
+        "Tags": tags(config, run, "registration"),
+    }

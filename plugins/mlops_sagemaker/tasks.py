@@ -1,0 +1,228 @@
+"""Task bodies of the training DAG: each plans one request or checks one result.
+
+They run in the Airflow worker, call AWS only through the provider's hooks, and hand plain dicts
+to the next task through XCom. Kept apart from the DAG wiring so that they can be unit-tested.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from mlops_sagemaker.config import UseCase
+from mlops_sagemaker.naming import code_key, fingerprint
+from mlops_sagemaker.sagemaker_requests import (
+    CodeLocations,
+    RunInfo,
+    evaluation_request,
+    registration_request,
+    split_request,
+    tuning_request,
+)
+
+
+class QualityGateFailed(Exception):
+    """The evaluated model is below the threshold: it must not be registered."""
+
+
+def run_info(context: Mapping[str, Any]) -> RunInfo:
+    """The run's dates and id from an Airflow task context."""
+    return RunInfo(
+        ds=context["ds"],
+        data_interval_start=context["data_interval_start"].isoformat(),
+        data_interval_end=context["data_interval_end"].isoformat(),
+        run_id=context["run_id"],
+    )
+
+
+def resolve_image(config: UseCase, region: str) -> str:
+    """The scikit-learn container image for the region (or the config's override).
+
+    Imports the SageMaker SDK here, at run time: it takes seconds to import.
+    """
+    if config.sagemaker.image_uri:
+        return config.sagemaker.image_uri
+    from sagemaker.core import image_uris
+
+    return image_uris.retrieve(
+        "sklearn",
+        region=region,
+        version=config.sagemaker.sklearn_framework_version,
+        py_version=config.sagemaker.python_version,
+        instance_type=config.sagemaker.training.instance_type,
+    )
+
+
+def stage_code(config: UseCase, step_code_dir: Path, aws_conn_id: str) -> dict[str, str]:
+    """Upload the content-addressed step code once; return its locations, image and region."""
+    from airflow.providers.amazon.aws.hooks.s3 import S3Hook
+
+    from mlops_sagemaker.code_bundle import build_bundle
+
+    bundle = build_bundle(step_code_dir)
+    s3 = S3Hook(aws_conn_id=aws_conn_id)
+    bucket, prefix, use_case = config.storage.bucket, config.storage.prefix, config.use_case
+    objects = {name: data for name, data in bundle.files.items()}
+    objects["sourcedir.tar.gz"] = bundle.tarball
+    for name, data in objects.items():
+        key = code_key(prefix, use_case, bundle.version, name)
+        # Content-addressed: an existing key already holds exactly these bytes.
+        if not s3.check_for_key(key, bucket_name=bucket):
+            s3.load_bytes(data, key=key, bucket_name=bucket, replace=True)
+
+    def uri(name: str) -> str:
+        return f"s3://{bucket}/{code_key(prefix, use_case, bundle.version, name)}"
+
+    region = s3.conn_region_name or "us-east-1"
+    code = CodeLocations(
+        version=bundle.version,
+        preprocess_uri=uri("preprocess.py"),
+        evaluate_uri=uri("evaluate.py"),
+        sourcedir_uri=uri("sourcedir.tar.gz"),
+    )
+    return {**code.as_dict(), "image_uri": resolve_image(config, region), "region": region}
+
+
+def _code(staged: Mapping[str, str]) -> CodeLocations:
+    return CodeLocations(
+        version=staged["version"],
+        preprocess_uri=staged["preprocess_uri"],
+        evaluate_uri=staged["evaluate_uri"],
+        sourcedir_uri=staged["sourcedir_uri"],
+    )
+
+
+def plan_split(
+    config: UseCase, run: RunInfo, staged: Mapping[str, str], manifest: Mapping[str, Any]
+) -> dict[str, Any]:
+    """The split job's request; its name changes only when the extracted data changes."""
+    data_fingerprint = fingerprint(
+        {"rows": manifest["row_count"], "parts": manifest["parts"], "schema": manifest["columns"]}
+    )
+    return split_request(
+        config, run, _code(staged), staged["image_uri"], manifest["data_uri"], data_fingerprint
+    )
+
+
+def processing_outputs(result: Mapping[str, Any]) -> dict[str, str]:
+    """Output name -> S3 URI from a processing operator's describe output."""
+    outputs = result["Processing"]["ProcessingOutputConfig"]["Outputs"]
+    return {o["OutputName"]: o["S3Output"]["S3Uri"] for o in outputs}
+
+
+def plan_tuning(
+    config: UseCase, run: RunInfo, staged: Mapping[str, str], split_result: Mapping[str, Any]
+) -> dict[str, Any]:
+    """The tuning job's request, reading the split's outputs from its describe output."""
+    return tuning_request(
+        config,
+        run,
+        _code(staged),
+        staged["image_uri"],
+        staged["region"],
+        processing_outputs(split_result),
+        split_result["Processing"]["ProcessingJobName"],
+    )
+
+
+def best_model(tuning_result: Mapping[str, Any], describe_training_job: Any) -> dict[str, Any]:
+    """The best training job's name, objective and model artifact (from its describe output)."""
+    best = tuning_result["Tuning"]["BestTrainingJob"]
+    described = describe_training_job(best["TrainingJobName"])
+    return {
+        "training_job_name": best["TrainingJobName"],
+        "objective": best["FinalHyperParameterTuningJobObjectiveMetric"],
+        "hyperparameters": best["TunedHyperParameters"],
+        "model_data_url": described["ModelArtifacts"]["S3ModelArtifacts"],
+        "tuning_job_name": tuning_result["Tuning"]["HyperParameterTuningJobName"],
+        "training_jobs": tuning_result["Tuning"].get("TrainingJobStatusCounters", {}),
+    }
+
+
+def plan_evaluation(
+    config: UseCase,
+    run: RunInfo,
+    staged: Mapping[str, str],
+    split_result: Mapping[str, Any],
+    model: Mapping[str, Any],
+) -> dict[str, Any]:
+    """The evaluation job's request for the best model on the test split."""
+    return evaluation_request(
+        config,
+        run,
+        _code(staged),
+        staged["image_uri"],
+        model["model_data_url"],
+        processing_outputs(split_result)["test"],
+    )
+
+
+def evaluation_uri(evaluation_result: Mapping[str, Any]) -> str:
+    """S3 URI of evaluation.json, from the evaluation job's describe output."""
+    return processing_outputs(evaluation_result)["evaluation"].rstrip("/") + "/evaluation.json"
+
+
+def quality_gate(
+    config: UseCase, evaluation: Mapping[str, Any], threshold: float | None
+) -> dict[str, Any]:
+    """Compare the configured metric with the threshold; raise ``QualityGateFailed`` below it."""
+    metric = config.evaluation.metric
+    limit = config.evaluation.threshold if threshold is None else float(threshold)
+    try:
+        value = float(evaluation["binary_classification_metrics"][metric]["value"])
+    except (KeyError, TypeError, ValueError) as err:
+        raise QualityGateFailed(f"evaluation.json has no usable {metric} value: {err!r}") from err
+    baseline = evaluation.get("baseline", {})
+    summary = {"metric": metric, "value": value, "threshold": limit, "baseline": baseline}
+    if value < limit:
+        raise QualityGateFailed(
+            f"{metric} {value:.2f} < threshold {limit:.2f}: model not registered "
+            f"(majority-class baseline: {json.dumps(baseline, sort_keys=True)})"
+        )
+    return summary
+
+
+def plan_registration(
+    config: UseCase,
+    run: RunInfo,
+    staged: Mapping[str, str],
+    model: Mapping[str, Any],
+    evaluation_s3_uri: str,
+    gate: Mapping[str, Any],
+    manifest: Mapping[str, Any],
+    split_counts: Mapping[str, Any],
+) -> dict[str, Any]:
+    """Arguments of the register operator: the full CreateModelPackage request as ``extras``."""
+    metadata = {
+        "use_case": config.use_case,
+        "run_date": run.ds,
+        "data_interval_start": run.data_interval_start,
+        "data_interval_end": run.data_interval_end,
+        "dag_run_id": run.run_id,
+        "tuning_job": model["tuning_job_name"],
+        "training_job": model["training_job_name"],
+        "rows_extracted": manifest["row_count"],
+        **{f"rows_{name}": count for name, count in split_counts.items()},
+        "code_version": staged["version"],
+        f"test_{gate['metric']}": f"{gate['value']:.6f}",
+        "gate_threshold": gate["threshold"],
+    }
+    request = registration_request(
+        config,
+        run,
+        _code(staged),
+        staged["image_uri"],
+        staged["region"],
+        model["model_data_url"],
+        evaluation_s3_uri,
+        metadata,
+    )
+    return {
+        "image_uri": staged["image_uri"],
+        "model_url": model["model_data_url"],
+        "package_group_name": request["ModelPackageGroupName"],
+        "package_desc": request["ModelPackageDescription"],
+        "extras": request,
+    }
