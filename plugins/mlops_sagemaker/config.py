@@ -155,6 +155,15 @@ class SageMakerSettings(_Strict):
     check_interval_seconds: int = Field(30, ge=1)
     max_job_wait_seconds: int = Field(4 * 3600, ge=60)
 
+    @field_validator("processing")
+    @classmethod
+    def _single_processing_instance(cls, processing: JobResources) -> JobResources:
+        # preprocess.py needs every row to check key uniqueness and write one baseline, and
+        # evaluate.py scores one test split: more instances would each see a shard only.
+        if processing.instance_count != 1:
+            raise ValueError("instance_count must be 1: split and evaluation need all rows")
+        return processing
+
     @field_validator("tags")
     @classmethod
     def _tag_limits(cls, tags: dict[str, str]) -> dict[str, str]:

@@ -1,0 +1,43 @@
+# Two commands for a newcomer: `make demo` (the training DAG end to end on the local stack)
+# and `make test` (lint + every test). Both install what they need into ./.venv first.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+UV_VERSION := 0.13.9
+STAMP := $(VENV)/.installed
+
+.PHONY: install test lint format demo ui bench clean
+
+$(STAMP): requirements.txt requirements-dev.txt constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet "uv==$(UV_VERSION)"
+	$(BIN)/uv pip install --quiet --python $(BIN)/python -r requirements-dev.txt -c constraints.txt
+	touch $(STAMP)
+
+install: $(STAMP)
+
+lint: install
+	$(BIN)/ruff format --check .
+	$(BIN)/ruff check .
+
+format: install
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+# pytest exits 5 when it collected nothing: a suite that runs no test is a failure here.
+test: lint
+	$(BIN)/pytest -q -p no:cacheprovider --durations=15; rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing" >&2; exit 1; fi; exit $$rc
+
+demo: install
+	$(BIN)/python -m local_stack.demo
+
+ui: install
+	$(BIN)/python -m local_stack.ui
+
+bench: install
+	$(BIN)/python bench/dag_parse_time.py
+	$(BIN)/python bench/runtime_overhead.py
+
+clean:
+	rm -rf .local .pytest_cache .ruff_cache
