@@ -103,3 +103,12 @@ def test_config_typo_fails_dag_import_naming_the_field(tmp_path: Path) -> None:
     assert "tpch_orders.yaml" in message
     assert "tuning.max_paralel_jobs" in message
     assert "tuning.max_parallel_jobs" in message  # the now-missing required field
+
+
+def test_docker_compose_declares_the_stack() -> None:
+    import yaml
+
+    compose = yaml.safe_load((ROOT / "docker-compose.yaml").read_text())
+    services = set(compose["services"])
+    assert {"postgres", "airflow-scheduler", "airflow-apiserver", "presto", "local-aws"} <= services
+    assert "tpch.properties" in str(compose["services"]["presto"]["volumes"])
