@@ -1,0 +1,420 @@
+"""Split the extracted rows into train/validation/test and write a feature baseline.
+
+Runs as a SageMaker Processing job in the scikit-learn container (``python preprocess.py ...``).
+It has no dependency on Airflow or on the other step scripts: it can be shipped on its own.
+
+Inputs: every ``*.parquet`` and ``*.csv`` file under ``--input-dir`` (recursively), as written by
+the extraction task (one row per entity, a key column, numeric feature columns, a binary label).
+
+Outputs under ``--output-dir``:
+
+* ``train/train.csv``, ``validation/validation.csv``, ``test/test.csv``: CSV with a header row,
+  columns ``key, features..., label``, rows sorted by key;
+* ``baseline/baseline.json``: per-feature statistics of the train split (for drift checks),
+  label balance and row counts per split.
+
+The split is deterministic: a row goes to a split according to a stable hash of
+``<salt>:<key>`` (BLAKE2b, 64 bits, mapped to [0, 1)), so the same input always gives
+byte-identical outputs, a row keeps its split when other rows are added, and changing
+``--split-salt`` draws a new, independent split.
+
+Validation problems raise :class:`DataValidationError`; when run as a script the message is
+written to the SageMaker failure/exit-message file, printed to stderr, and the exit code is 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import os
+import sys
+import traceback
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+
+DEFAULT_INPUT_DIR = "/opt/ml/processing/input/data"
+DEFAULT_OUTPUT_DIR = "/opt/ml/processing/output"
+SPLITS = ("train", "validation", "test")
+QUANTILES = {
+    "p01": 0.01,
+    "p05": 0.05,
+    "p25": 0.25,
+    "p50": 0.5,
+    "p75": 0.75,
+    "p95": 0.95,
+    "p99": 0.99,
+}
+MAX_EXAMPLES = 5
+
+
+class DataValidationError(Exception):
+    """The input data or the arguments cannot be used; the message says what to fix."""
+
+
+# --------------------------------------------------------------------------- failure reporting
+# Duplicated on purpose in each step script: every script must run when shipped alone.
+
+
+def _failure_files(file_names: Sequence[str]) -> list[Path]:
+    """Where to write a failure message so that SageMaker shows it.
+
+    ``SM_FAILURE_FILE`` wins when set. Otherwise the files go to ``<base>/output/`` where
+    ``<base>`` is ``SAGEMAKER_BASE_DIR`` (set by the local runtime and the training toolkit
+    outside SageMaker) or ``/opt/ml``. Processing jobs report ``output/message`` as the job's
+    ExitMessage; training jobs report ``output/failure`` as the FailureReason.
+    """
+    explicit = os.environ.get("SM_FAILURE_FILE")
+    if explicit:
+        return [Path(explicit)]
+    base = Path(os.environ.get("SAGEMAKER_BASE_DIR") or "/opt/ml")
+    return [base / "output" / name for name in file_names]
+
+
+def _report_failure(message: str, file_names: Sequence[str]) -> None:
+    """Print ``message`` to stderr and write it to the failure file(s); never raises."""
+    print(message, file=sys.stderr)
+    for path in _failure_files(file_names):
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(message, encoding="utf-8")
+        except OSError as exc:  # a read-only /opt/ml outside a container must not hide the error
+            print(f"(could not write failure file {path}: {exc})", file=sys.stderr)
+
+
+def _run_as_script(main_fn: Any, script: str, file_names: Sequence[str]) -> int:
+    """Run ``main_fn`` and turn errors into a failure file and exit code 1."""
+    try:
+        main_fn()
+    except DataValidationError as exc:
+        _report_failure(f"{script}: {exc}", file_names)
+        return 1
+    except Exception as exc:
+        traceback.print_exc()
+        _report_failure(
+            f"{script}: unexpected error {type(exc).__name__}: {exc} (traceback in the job log)",
+            file_names,
+        )
+        return 1
+    return 0
+
+
+class _ArgumentParser(argparse.ArgumentParser):
+    """Argument errors become :class:`DataValidationError` so they reach the failure file."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise DataValidationError(f"invalid arguments: {message}")
+
+
+# --------------------------------------------------------------------------- arguments
+
+
+def _comma_list(value: str) -> list[str]:
+    items = [item.strip() for item in value.split(",") if item.strip()]
+    if not items:
+        raise argparse.ArgumentTypeError("expected a comma-separated list of column names")
+    return items
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Parse the command line (SageMaker passes ``ContainerArguments`` here)."""
+    parser = _ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--input-dir", default=DEFAULT_INPUT_DIR)
+    parser.add_argument("--output-dir", default=DEFAULT_OUTPUT_DIR)
+    parser.add_argument("--key-column", required=True)
+    parser.add_argument("--label-column", required=True)
+    parser.add_argument("--feature-columns", required=True, type=_comma_list)
+    parser.add_argument("--train-fraction", type=float, default=0.7)
+    parser.add_argument("--validation-fraction", type=float, default=0.15)
+    parser.add_argument("--split-salt", default="")
+    args = parser.parse_args(argv)
+    _check_fractions(args.train_fraction, args.validation_fraction)
+    columns = [args.key_column, args.label_column, *args.feature_columns]
+    duplicated = sorted({c for c in columns if columns.count(c) > 1})
+    if duplicated:
+        raise DataValidationError(
+            "key, label and feature columns must be distinct; used more than once: "
+            + ", ".join(duplicated)
+        )
+    return args
+
+
+def _check_fractions(train_fraction: float, validation_fraction: float) -> None:
+    test_fraction = 1.0 - train_fraction - validation_fraction
+    if not (0 < train_fraction < 1 and 0 < validation_fraction < 1 and test_fraction > 1e-9):
+        raise DataValidationError(
+            f"split fractions must be > 0 and leave room for the test split: got "
+            f"train_fraction={train_fraction}, validation_fraction={validation_fraction} "
+            f"(test would get {test_fraction:.4g})"
+        )
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def read_input(input_dir: Path) -> pd.DataFrame:
+    """Read and concatenate every Parquet/CSV file under ``input_dir`` (sorted by path)."""
+    if not input_dir.is_dir():
+        raise DataValidationError(f"input directory {input_dir} does not exist")
+    files = sorted(
+        p for p in input_dir.rglob("*") if p.is_file() and p.suffix.lower() in (".parquet", ".csv")
+    )
+    if not files:
+        raise DataValidationError(
+            f"no *.parquet or *.csv files under {input_dir}: did the extraction write any rows "
+            "for this run date?"
+        )
+    frames = []
+    for path in files:
+        try:
+            if path.suffix.lower() == ".parquet":
+                frames.append(pq.read_table(path).to_pandas())
+            else:
+                frames.append(pd.read_csv(path))
+        except Exception as exc:
+            raise DataValidationError(f"cannot read {path}: {exc}") from exc
+    frames = [f for f in frames if len(f.columns)]
+    frame = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    if frame.empty:
+        raise DataValidationError(
+            f"input is empty: {len(files)} file(s) under {input_dir} hold no rows; check the "
+            "extraction query and the run date"
+        )
+    return frame
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def _examples(values: Sequence[Any]) -> str:
+    shown = ", ".join(repr(v) if isinstance(v, str) else str(v) for v in values[:MAX_EXAMPLES])
+    return shown + (", ..." if len(values) > MAX_EXAMPLES else "")
+
+
+def validate(
+    frame: pd.DataFrame, key_column: str, label_column: str, feature_columns: Sequence[str]
+) -> pd.DataFrame:
+    """Check the frame and return ``key, features..., label`` with a 0/1 integer label."""
+    required = [key_column, *feature_columns, label_column]
+    missing = [c for c in required if c not in frame.columns]
+    if missing:
+        raise DataValidationError(
+            f"missing required column(s): {', '.join(missing)}; the input has columns: "
+            f"{', '.join(map(str, frame.columns))}"
+        )
+    data = frame[required]
+
+    nulls = {c: int(n) for c, n in data.isna().sum().items() if n}
+    if nulls:
+        detail = ", ".join(f"{c} ({n} row{'s' if n != 1 else ''})" for c, n in nulls.items())
+        raise DataValidationError(
+            f"null values in {detail} of {len(data)} rows; fix the extraction query "
+            "(COALESCE or filter) so key, features and label are always set"
+        )
+
+    problems = []
+    for column in feature_columns:
+        series = data[column]
+        if pd.api.types.is_numeric_dtype(series):
+            continue
+        converted = pd.to_numeric(series, errors="coerce")
+        bad = series[converted.isna()].astype(str).unique().tolist()
+        problems.append(f"{column} (dtype {series.dtype}, e.g. {_examples(bad)})")
+    if problems:
+        raise DataValidationError(
+            "feature column(s) must be numeric: " + "; ".join(problems) + ". Cast them in the "
+            "extraction query or remove them from feature_columns"
+        )
+    numeric = data[list(feature_columns)].astype("float64")
+    infinite = [c for c in feature_columns if not np.isfinite(numeric[c].to_numpy()).all()]
+    if infinite:
+        raise DataValidationError(f"infinite values in feature column(s): {', '.join(infinite)}")
+
+    label = data[label_column]
+    label_values = pd.to_numeric(label, errors="coerce")
+    invalid = label[~label_values.isin([0, 1])].unique().tolist()
+    if invalid:
+        raise DataValidationError(
+            f"label column {label_column} must be binary (0/1); found other values: "
+            f"{_examples(sorted(invalid, key=str))}"
+        )
+    label_int = label_values.astype("int64")
+    counts = {cls: int((label_int == cls).sum()) for cls in (0, 1)}
+    for cls in (0, 1):
+        if counts[cls] == 0:
+            raise DataValidationError(
+                f"label column {label_column} has only one class: class {1 - cls} has "
+                f"{counts[1 - cls]} rows, class {cls} is missing (0 rows); a classifier needs "
+                "both classes: widen the lookback window or check the label definition"
+            )
+
+    duplicated = data[key_column][data[key_column].duplicated(keep=False)]
+    if len(duplicated):
+        unique_dups = sorted(duplicated.unique().tolist(), key=str)
+        raise DataValidationError(
+            f"key column {key_column} must be unique: {len(unique_dups)} key value(s) occur more "
+            f"than once ({len(duplicated)} rows), e.g. {_examples(unique_dups)}; check the "
+            "GROUP BY of the extraction query or duplicated input files"
+        )
+
+    out = pd.DataFrame({key_column: data[key_column]})
+    for column in feature_columns:  # integer features stay integers in the CSV
+        series = data[column]
+        out[column] = series.astype("int64") if pd.api.types.is_bool_dtype(series) else series
+    out[label_column] = label_int
+    return out
+
+
+# --------------------------------------------------------------------------- splitting
+
+
+def split_unit(key: Any, salt: str = "") -> float:
+    """Map a row key to a uniform number in [0, 1) with a stable hash of ``<salt>:<key>``."""
+    digest = hashlib.blake2b(f"{salt}:{key}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2.0**64
+
+
+def assign_splits(
+    keys: pd.Series, train_fraction: float, validation_fraction: float, salt: str = ""
+) -> pd.Series:
+    """Return the split name (``train``/``validation``/``test``) of every key."""
+    units = np.fromiter((split_unit(k, salt) for k in keys), dtype="float64", count=len(keys))
+    names = np.where(
+        units < train_fraction,
+        "train",
+        np.where(units < train_fraction + validation_fraction, "validation", "test"),
+    )
+    return pd.Series(names, index=keys.index, name="split")
+
+
+# --------------------------------------------------------------------------- baseline
+
+
+def _finite_or_none(value: float) -> float | None:
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def feature_statistics(series: pd.Series) -> dict[str, Any]:
+    """Summary statistics of one numeric feature (null count included for drift checks)."""
+    values = series.dropna().to_numpy(dtype="float64")
+    stats: dict[str, Any] = {"count": int(values.size), "null_count": int(series.isna().sum())}
+    if values.size == 0:
+        return stats
+    stats.update(
+        mean=_finite_or_none(values.mean()),
+        std=_finite_or_none(values.std(ddof=1)) if values.size > 1 else None,
+        min=float(values.min()),
+        max=float(values.max()),
+        quantiles={
+            name: float(np.quantile(values, q, method="linear")) for name, q in QUANTILES.items()
+        },
+    )
+    return stats
+
+
+def _class_balance(label: pd.Series) -> dict[str, Any]:
+    counts = {str(cls): int((label == cls).sum()) for cls in (0, 1)}
+    total = sum(counts.values())
+    return {
+        "counts": counts,
+        "positive_rate": counts["1"] / total if total else None,
+    }
+
+
+def build_baseline(
+    data: pd.DataFrame,
+    splits: pd.Series,
+    key_column: str,
+    label_column: str,
+    feature_columns: Sequence[str],
+    train_fraction: float,
+    validation_fraction: float,
+    salt: str,
+) -> dict[str, Any]:
+    """Baseline document: train-split feature statistics, label balance, rows per split."""
+    train = data[splits == "train"]
+    return {
+        "version": 1,
+        "key_column": key_column,
+        "label_column": label_column,
+        "feature_columns": list(feature_columns),
+        "statistics_computed_on": "train",
+        "features": {c: feature_statistics(train[c]) for c in feature_columns},
+        "label": {
+            "all": _class_balance(data[label_column]),
+            **{s: _class_balance(data.loc[splits == s, label_column]) for s in SPLITS},
+        },
+        "rows": {"total": len(data), **{s: int((splits == s).sum()) for s in SPLITS}},
+        "split": {
+            "method": "blake2b-64 of '<salt>:<key>' mapped to [0, 1)",
+            "train_fraction": train_fraction,
+            "validation_fraction": validation_fraction,
+            "test_fraction": 1.0 - train_fraction - validation_fraction,
+            "salt": salt,
+        },
+    }
+
+
+# --------------------------------------------------------------------------- main
+
+
+def _write_csv(frame: pd.DataFrame, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    frame.to_csv(path, index=False, lineterminator="\n")
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    """Validate, split and write the outputs; return the baseline document."""
+    args = parse_args(argv)
+    input_dir, output_dir = Path(args.input_dir), Path(args.output_dir)
+    frame = read_input(input_dir)
+    data = validate(frame, args.key_column, args.label_column, args.feature_columns)
+    data = data.sort_values(args.key_column, kind="mergesort").reset_index(drop=True)
+    splits = assign_splits(
+        data[args.key_column], args.train_fraction, args.validation_fraction, args.split_salt
+    )
+    empty = [s for s in SPLITS if not (splits == s).any()]
+    if empty:
+        raise DataValidationError(
+            f"split(s) {', '.join(empty)} would be empty with {len(data)} input rows, "
+            f"train_fraction={args.train_fraction} and "
+            f"validation_fraction={args.validation_fraction}: extract more rows (longer "
+            "lookback window) or change the fractions"
+        )
+    for name in SPLITS:
+        _write_csv(data[splits == name], output_dir / name / f"{name}.csv")
+
+    baseline = build_baseline(
+        data,
+        splits,
+        args.key_column,
+        args.label_column,
+        args.feature_columns,
+        args.train_fraction,
+        args.validation_fraction,
+        args.split_salt,
+    )
+    baseline_path = output_dir / "baseline" / "baseline.json"
+    baseline_path.parent.mkdir(parents=True, exist_ok=True)
+    baseline_path.write_text(
+        json.dumps(baseline, indent=2, allow_nan=False) + "\n", encoding="utf-8"
+    )
+    rows = baseline["rows"]
+    print(
+        f"preprocess: rows={rows['total']} train={rows['train']} "
+        f"validation={rows['validation']} test={rows['test']} "
+        f"positive_rate={baseline['label']['all']['positive_rate']:.4f} "
+        f"features={len(args.feature_columns)} output={output_dir}"
+    )
+    return baseline
+
+
+if __name__ == "__main__":
+    sys.exit(_run_as_script(main, "preprocess.py", ("message", "failure")))
