@@ -100,6 +100,7 @@ class LocalStack:
                 "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "dags"),
                 "AIRFLOW__CORE__PLUGINS_FOLDER": str(ROOT / "plugins"),
                 "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+                "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO",
                 "AIRFLOW__CORE__DAGBAG_IMPORT_TIMEOUT": "120",
                 "AIRFLOW_CONN_AWS_DEFAULT": json.dumps(aws_conn),
                 "AIRFLOW_CONN_PRESTO_DEFAULT": json.dumps(presto_conn),
@@ -159,7 +160,13 @@ class LocalStack:
             60,
             aws,
         )
-        _wait_until(lambda: not _free(self.presto_port), "Presto stand-in", 120, presto)
+        presto_info = f"http://127.0.0.1:{self.presto_port}/v1/info"
+        _wait_until(
+            lambda: urllib.request.urlopen(presto_info, timeout=2).status == 200,
+            "Presto stand-in",
+            120,
+            presto,
+        )
         s3 = self.client("s3")
         s3.create_bucket(Bucket=self.bucket)
         return self

@@ -131,6 +131,10 @@ class LocalAwsEndpoint:
         faults = self.runtime.faults
         if request.path == "/_local/health":
             return Response(json.dumps({"status": "ok"}), content_type="application/json")
+        if request.path == "/_local/timings":  # per-job overheads, for benchmarks
+            from local_stack.sagemaker_runtime.jobs import job_timings
+
+            return Response(json.dumps(job_timings(self.runtime)), content_type="application/json")
         if request.path == "/_local/faults":
             if request.method == "POST":
                 faults.configure(request.get_json(force=True))

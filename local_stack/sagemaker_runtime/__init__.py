@@ -9,6 +9,8 @@ import importlib
 # Modules whose import registers their actions with ``api.action``.
 ACTION_MODULES = (
     "local_stack.sagemaker_runtime.jobs",
+    "local_stack.sagemaker_runtime.tuning",
+    "local_stack.sagemaker_runtime.tags",
     "local_stack.sagemaker_runtime.registry",
     "local_stack.sagemaker_runtime.transform",
     "local_stack.sagemaker_runtime.endpoints",

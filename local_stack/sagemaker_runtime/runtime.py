@@ -8,6 +8,7 @@ by the machine's cores. Job scripts run with the current interpreter standing in
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import threading
 from collections.abc import Callable, Iterator
@@ -42,6 +43,9 @@ class Runtime:
         self._slots = threading.BoundedSemaphore(max_parallel_containers or os.cpu_count() or 2)
         self._threads: list[threading.Thread] = []
         self._stopping = threading.Event()
+        self._clients: dict[str, Any] = {}
+        self._client_lock = threading.Lock()
+        self._shutdown_hooks: list[Callable[[], None]] = []
 
     # --- resources -------------------------------------------------------------------------
     def store(self, kind: str) -> dict[str, dict[str, Any]]:
@@ -57,15 +61,26 @@ class Runtime:
 
     # --- AWS clients for the rest of the local endpoint (moto) -------------------------------
     def client(self, service: str) -> Any:
-        """A boto3 client for ``service`` on this same local endpoint (S3, logs, ...)."""
-        return boto3.client(
-            service,
-            endpoint_url=self.endpoint_url,
-            region_name=self.region,
-            aws_access_key_id="local",
-            aws_secret_access_key="local",
-            config=Config(retries={"max_attempts": 5, "mode": "standard"}),
-        )
+        """A boto3 client for ``service`` on this same local endpoint (S3, logs, ...).
+
+        Clients are created once per service under a lock (creating clients from several
+        threads at once through boto3's default session is not thread-safe) and shared:
+        using a botocore client from several threads is safe."""
+        with self._client_lock:
+            client = self._clients.get(service)
+            if client is None:
+                client = boto3.session.Session().client(
+                    service,
+                    endpoint_url=self.endpoint_url,
+                    region_name=self.region,
+                    aws_access_key_id="local",
+                    aws_secret_access_key="local",
+                    config=Config(
+                        retries={"max_attempts": 5, "mode": "standard"}, max_pool_connections=50
+                    ),
+                )
+                self._clients[service] = client
+            return client
 
     # --- execution ---------------------------------------------------------------------------
     def run_async(self, name: str, fn: Callable[[], None]) -> None:
@@ -87,8 +102,20 @@ class Runtime:
         """Set when the endpoint shuts down; long-running loops should check it."""
         return self._stopping
 
+    def on_shutdown(self, hook: Callable[[], None]) -> None:
+        """Run ``hook`` in ``shutdown()`` (e.g. stop the endpoints' model server processes)."""
+        with self.lock:
+            self._shutdown_hooks.append(hook)
+
     def shutdown(self, timeout: float = 5.0) -> None:
-        """Ask running jobs to stop and wait briefly for their threads."""
+        """Ask running jobs to stop, run the shutdown hooks and wait briefly for the threads."""
         self._stopping.set()
+        with self.lock:
+            hooks = list(self._shutdown_hooks)
+        for hook in hooks:
+            try:
+                hook()
+            except Exception:  # one failing hook must not keep the others from running
+                logging.getLogger(__name__).exception("runtime shutdown hook failed")
         for thread in list(self._threads):
             thread.join(timeout)

@@ -179,7 +179,7 @@ def build_training_dag(config: UseCase, include_dir: Path) -> DAG:
         @task(retries=0)
         def quality_gate(evaluation_result: dict) -> dict:
             """Fail (without retries) unless the model reaches the threshold."""
-            from airflow.exceptions import AirflowFailException
+            from airflow.sdk.exceptions import AirflowFailException
             from airflow.providers.amazon.aws.hooks.s3 import S3Hook
 
             uri = tasks.evaluation_uri(evaluation_result)

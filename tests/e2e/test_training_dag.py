@@ -1,0 +1,108 @@
+"""The real training DAG, run by ``airflow dags test`` against the local stack.
+
+Presto stand-in + local AWS endpoint (SageMaker runtime, moto) run as background processes;
+Airflow reaches them only through its connections. Each test is a whole DAG run.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+from pathlib import Path
+
+import pytest
+
+from local_stack.stack import LocalStack
+from local_stack.summary import training_summary
+
+DAG_ID = "mlops_tpch_orders_training"
+GROUP = "tpch-orders-late-delivery"
+FAST = {"sagemaker_check_interval_seconds": 1}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory):
+    home = tmp_path_factory.mktemp("stack")
+    with LocalStack(presto_port=free_port(), aws_port=free_port(), home=Path(home)) as running:
+        running.migrate_db()
+        yield running
+
+
+def run_dag(stack: LocalStack, ds: str, conf: dict | None = None):
+    result = stack.airflow(
+        "dags", "test", DAG_ID, ds, "--conf", json.dumps({**FAST, **(conf or {})}), check=False
+    )
+    return result.returncode, result.stdout + result.stderr
+
+
+def job_counts(stack: LocalStack) -> dict[str, int]:
+    sm = stack.client("sagemaker")
+    return {
+        "processing": len(sm.list_processing_jobs(MaxResults=100)["ProcessingJobSummaries"]),
+        "tuning": len(
+            sm.list_hyper_parameter_tuning_jobs(MaxResults=100)["HyperParameterTuningJobSummaries"]
+        ),
+        "training": len(sm.list_training_jobs(MaxResults=100)["TrainingJobSummaries"]),
+    }
+
+
+def test_run_registers_a_version_despite_throttling_and_rerun_duplicates_nothing(stack) -> None:
+    ds = "1996-02-29"
+    stack.faults(
+        {"throttle": {"DescribeProcessingJob": 2, "ListProcessingJobs": 1, "CreateModelPackage": 1}}
+    )
+    code, log = run_dag(stack, ds)
+    assert code == 0, log[-5000:]
+    armed = stack.faults({"throttle": {}})
+    assert all(left == 0 for left in armed["throttle"].values()), "throttles were not exercised"
+
+    summary = training_summary(stack, "tpch_orders", GROUP, ds)
+    assert summary["rows_extracted"] > 1000
+    assert summary["tuning"]["status"] == "Completed"
+    assert summary["tuning"]["training_jobs"]["Completed"] == 4
+    assert summary["evaluation"]["auc"] >= 0.7
+    (version,) = summary["registered_versions"]
+    assert version["status"] == "PendingManualApproval"
+    metadata = version["metadata"]
+    assert metadata["run_date"] == ds
+    assert metadata["tuning_job"] == summary["tuning"]["name"]
+    assert int(metadata["rows_extracted"]) == summary["rows_extracted"]
+    described = stack.client("sagemaker").describe_model_package(ModelPackageName=version["arn"])
+    statistics = described["ModelMetrics"]["ModelQuality"]["Statistics"]["S3Uri"]
+    assert statistics.endswith(f"/training/{ds}/evaluation/evaluation.json")
+    container = described["InferenceSpecification"]["Containers"][0]
+    assert container["Environment"]["SAGEMAKER_PROGRAM"] == "inference.py"
+
+    before = job_counts(stack)
+    code, log = run_dag(stack, ds)
+    assert code == 0, log[-5000:]
+    assert job_counts(stack) == before, "a re-run started new SageMaker jobs"
+    again = training_summary(stack, "tpch_orders", GROUP, ds)
+    assert [v["arn"] for v in again["registered_versions"]] == [version["arn"]]
+    assert "already completed for this input; reusing it" in log
+
+
+def test_gate_the_model_cannot_pass_fails_and_registers_nothing(stack) -> None:
+    ds = "1995-07-14"
+    code, log = run_dag(stack, ds, {"evaluation_threshold": 0.99})
+    assert code != 0
+    assert "< threshold 0.99: model not registered" in log
+    assert training_summary(stack, "tpch_orders", GROUP, ds)["registered_versions"] == []
+
+
+def test_failed_sagemaker_job_fails_the_task_with_its_failure_reason(stack) -> None:
+    ds = "1997-01-01"
+    stack.faults({"fail": {"tpch-ord-19970101-prep-*": "ClientError: injected: disk full"}})
+    try:
+        code, log = run_dag(stack, ds)
+    finally:
+        stack.faults(None)
+    assert code != 0
+    assert "injected: disk full" in log
+    assert training_summary(stack, "tpch_orders", GROUP, ds)["registered_versions"] == []

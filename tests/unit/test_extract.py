@@ -1,0 +1,379 @@
+"""Streaming extraction Presto → S3, against the Presto stand-in and a moto S3 server."""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import json
+import math
+from collections.abc import Iterator
+from decimal import Decimal
+from pathlib import Path
+
+import boto3
+import jinja2
+import prestodb
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from moto.server import ThreadedMotoServer
+
+from local_stack.presto_standin import PrestoStandin
+from mlops_sagemaker.extract import (
+    EmptyExtractError,
+    ExtractError,
+    PrestoQueryFailedError,
+    UnsupportedPrestoTypeError,
+    arrow_type,
+    extract_to_s3,
+    start_streaming_query,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+TRAINING_SQL = ROOT / "include" / "sql" / "tpch_orders" / "training.sql"
+BUCKET = "mlops-extract-test"
+PAGE_ROWS = 500
+
+
+@pytest.fixture(scope="module")
+def presto() -> Iterator[PrestoStandin]:
+    with PrestoStandin(port=0, schemas=("tiny",), page_rows=PAGE_ROWS) as standin:
+        yield standin
+
+
+@pytest.fixture(scope="module")
+def s3_endpoint() -> Iterator[str]:
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def s3(s3_endpoint, monkeypatch):
+    """A fresh bucket, reachable through the Airflow connection ``aws_default``."""
+    extra = {"endpoint_url": s3_endpoint, "region_name": "us-east-1"}
+    conn = {"conn_type": "aws", "login": "testing", "password": "testing", "extra": extra}
+    monkeypatch.setenv("AIRFLOW_CONN_AWS_DEFAULT", json.dumps(conn))
+    client = boto3.client(
+        "s3",
+        endpoint_url=s3_endpoint,
+        region_name="us-east-1",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    )
+    client.create_bucket(Bucket=BUCKET)
+    yield client
+    keys = [o["Key"] for o in client.list_objects_v2(Bucket=BUCKET).get("Contents", [])]
+    if keys:
+        client.delete_objects(Bucket=BUCKET, Delete={"Objects": [{"Key": k} for k in keys]})
+    client.delete_bucket(Bucket=BUCKET)
+
+
+@pytest.fixture
+def presto_conn(presto, monkeypatch):
+    conn = {
+        "conn_type": "presto",
+        "host": "127.0.0.1",
+        "port": presto.port,
+        "login": "airflow",
+        "schema": "tiny",
+        "extra": {"catalog": "tpch"},
+    }
+    monkeypatch.setenv("AIRFLOW_CONN_PRESTO_DEFAULT", json.dumps(conn))
+
+
+def training_sql(start: str, end: dt.date) -> str:
+    env = jinja2.Environment(undefined=jinja2.StrictUndefined)
+    env.filters["ds"] = lambda d: d.strftime("%Y-%m-%d")
+    return env.from_string(TRAINING_SQL.read_text()).render(
+        source={"catalog": "tpch", "schema": "tiny"},
+        window_start=lambda _: start,
+        data_interval_end=end,
+    )
+
+
+def query(presto: PrestoStandin, sql: str) -> list[list]:
+    conn = prestodb.dbapi.connect(
+        host="127.0.0.1", port=presto.port, user="test", catalog="tpch", schema="tiny"
+    )
+    cursor = conn.cursor()
+    cursor.execute(sql)
+    return cursor.fetchall()
+
+
+def extract(sql: str, prefix: str, **kwargs) -> dict:
+    return extract_to_s3(
+        sql=sql,
+        presto_conn_id="presto_default",
+        aws_conn_id="aws_default",
+        bucket=BUCKET,
+        prefix=prefix,
+        **kwargs,
+    )
+
+
+def keys_under(s3, prefix: str) -> list[str]:
+    pages = s3.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=prefix)
+    return sorted(o["Key"] for page in pages for o in page.get("Contents", []))
+
+
+def read_parts(s3, prefix: str) -> pa.Table:
+    tables = [
+        pq.read_table(io.BytesIO(s3.get_object(Bucket=BUCKET, Key=key)["Body"].read()))
+        for key in keys_under(s3, f"{prefix}/data/")
+    ]
+    return pa.concat_tables(tables)
+
+
+# -- extraction --------------------------------------------------------------------------------
+
+
+def test_window_extract_equals_query_result(presto, presto_conn, s3):
+    sql = training_sql("1996-01-01", dt.date(1996, 3, 1))
+    prefix = "tpch_orders/training/1996-02-29/extract"
+
+    manifest = extract(sql, prefix, chunk_rows=100, context_label="window 1996-01-01..1996-03-01")
+
+    expected = query(presto, sql)
+    table = read_parts(s3, prefix)
+    assert table.num_rows == len(expected) == manifest["row_count"] > 300
+    assert table.column("orderkey").to_pylist() == [r[0] for r in expected]
+    assert set(table.column("label").to_pylist()) == {0, 1}
+    assert table.column("orderdate").to_pylist()[0] == dt.date.fromisoformat(expected[0][1])
+    assert table.column("total_extended_price").to_pylist() == [r[2] for r in expected]
+
+    parts = [p["key"] for p in manifest["parts"]]
+    assert len(parts) == math.ceil(len(expected) / 100) > 1
+    assert parts == keys_under(s3, f"{prefix}/data/")
+    assert parts[0] == f"{prefix}/data/part-00000.parquet"
+    assert sum(p["rows"] for p in manifest["parts"]) == len(expected)
+    assert manifest["data_uri"] == f"s3://{BUCKET}/{prefix}/data/"
+    assert [(c["name"], c["presto_type"], c["arrow_type"]) for c in manifest["columns"]] == [
+        ("orderkey", "bigint", "int64"),
+        ("orderdate", "date", "date32[day]"),
+        ("total_extended_price", "double", "double"),
+        ("avg_discount", "double", "double"),
+        ("total_quantity", "double", "double"),
+        ("lineitem_count", "bigint", "int64"),
+        ("total_payable_tax", "double", "double"),
+        ("label", "integer", "int32"),
+    ]
+    assert table.schema.field("label").type == pa.int32()
+    assert len(manifest["sql_sha256"]) == 64
+    assert manifest["started_at"] <= manifest["finished_at"]
+    stored = json.loads(s3.get_object(Bucket=BUCKET, Key=f"{prefix}/manifest.json")["Body"].read())
+    assert stored == manifest
+    assert "password" not in json.dumps(manifest) and "testing" not in json.dumps(manifest)
+
+
+def test_rerun_with_fewer_rows_removes_stale_parts(presto, presto_conn, s3):
+    prefix = "rerun/extract"
+    first = extract(training_sql("1996-01-01", dt.date(1996, 3, 1)), prefix, chunk_rows=50)
+    s3.put_object(Bucket=BUCKET, Key=f"{prefix}/data/_SUCCESS", Body=b"")  # not a part: kept
+
+    second = extract(training_sql("1996-02-01", dt.date(1996, 3, 1)), prefix, chunk_rows=50)
+
+    assert second["part_count"] < first["part_count"]
+    remaining = keys_under(s3, f"{prefix}/data/")
+    assert remaining == sorted([p["key"] for p in second["parts"]] + [f"{prefix}/data/_SUCCESS"])
+    table = read_parts_listed(s3, second)
+    assert table.num_rows == second["row_count"]
+    assert min(table.column("orderdate").to_pylist()) >= dt.date(1996, 2, 1)
+
+
+def read_parts_listed(s3, manifest: dict) -> pa.Table:
+    return pa.concat_tables(
+        pq.read_table(io.BytesIO(s3.get_object(Bucket=BUCKET, Key=p["key"])["Body"].read()))
+        for p in manifest["parts"]
+    )
+
+
+def test_same_data_gives_same_parts(presto, presto_conn, s3):
+    sql = training_sql("1996-01-01", dt.date(1996, 1, 15))
+    first = extract(sql, "same/a", chunk_rows=30)
+    second = extract(sql, "same/a", chunk_rows=30)
+    assert first["part_count"] > 1
+    assert [p["sha256"] for p in first["parts"]] == [p["sha256"] for p in second["parts"]]
+
+
+def test_empty_window_fails_and_keeps_previous_output(presto, presto_conn, s3):
+    prefix = "empty/extract"
+    extract(training_sql("1996-01-01", dt.date(1996, 1, 10)), prefix)
+
+    with pytest.raises(EmptyExtractError) as raised:
+        extract(
+            training_sql("2005-01-01", dt.date(2005, 2, 1)),
+            prefix,
+            context_label="window 2005-01-01..2005-02-01",
+        )
+
+    message = str(raised.value)
+    assert "returned no rows" in message
+    assert "window 2005-01-01..2005-02-01" in message
+    assert f"{prefix}/manifest.json" in keys_under(s3, prefix)  # the earlier output is intact
+
+
+def test_presto_error_carries_prestos_message(presto, presto_conn, s3):
+    with pytest.raises(PrestoQueryFailedError) as raised:
+        extract("SELECT * FROM tpch.tiny.nope", "error/extract", context_label="ds 1996-01-01")
+    message = str(raised.value)
+    assert "SYNTAX_ERROR" in message
+    assert "Table tpch.tiny.nope does not exist" in message
+    assert "ds 1996-01-01" in message
+    assert keys_under(s3, "error/") == []
+
+
+def test_failure_mid_stream_leaves_no_manifest(presto, presto_conn, s3):
+    prefix = "midstream/extract"
+    extract("SELECT orderkey FROM orders", prefix, chunk_rows=5000)
+    sql = "SELECT orderkey FROM orders /* standin:fail after_pages=4 */"
+
+    with pytest.raises(PrestoQueryFailedError, match="GENERIC_INTERNAL_ERROR"):
+        extract(sql, prefix, chunk_rows=500)
+
+    keys = keys_under(s3, prefix)
+    assert f"{prefix}/manifest.json" not in keys  # no manifest describes a half-written output
+    assert f"{prefix}/data/part-00000.parquet" in keys
+
+
+def test_types_are_written_as_arrow_types(presto, presto_conn, s3):
+    sql = """
+        SELECT orderkey, CAST(shippriority AS integer) AS shippriority, totalprice,
+               CAST(totalprice AS real) AS price_real, CAST(totalprice AS decimal(12,2)) AS price_dec,
+               orderdate, CAST(orderdate AS timestamp) AS order_ts, orderstatus = 'F' AS finished,
+               clerk, CAST(NULL AS varchar) AS nothing
+        FROM orders WHERE orderkey IN (1, 2, 3) ORDER BY orderkey
+    """
+    manifest = extract(sql, "types/extract")
+    table = read_parts(s3, "types/extract")
+    assert [(f.name, str(f.type)) for f in table.schema] == [
+        ("orderkey", "int64"),
+        ("shippriority", "int32"),
+        ("totalprice", "double"),
+        ("price_real", "float"),
+        ("price_dec", "decimal128(12, 2)"),
+        ("orderdate", "date32[day]"),
+        ("order_ts", "timestamp[ms]"),
+        ("finished", "bool"),
+        ("clerk", "string"),
+        ("nothing", "string"),
+    ]
+    first = table.to_pylist()[0]
+    assert first["orderkey"] == 1
+    assert first["price_dec"] == Decimal("172799.49")
+    assert first["orderdate"] == dt.date(1996, 1, 2)
+    assert first["order_ts"] == dt.datetime(1996, 1, 2)
+    assert first["finished"] is False and first["nothing"] is None
+    assert manifest["row_count"] == 3
+
+
+def test_unsupported_type_fails_before_writing(presto, presto_conn, s3):
+    with pytest.raises(UnsupportedPrestoTypeError, match="array"):
+        extract("SELECT orderkey, ARRAY[orderkey] AS keys FROM orders", "array/extract")
+    assert keys_under(s3, "array/") == []
+
+
+def test_duplicate_column_names_fail(presto, presto_conn, s3):
+    with pytest.raises(ExtractError, match="duplicate column names"):
+        extract("SELECT orderkey, orderkey FROM orders", "dup/extract")
+
+
+# -- streaming ---------------------------------------------------------------------------------
+
+
+def test_query_streams_pages_on_demand_and_cancels(presto):
+    conn = prestodb.dbapi.connect(
+        host="127.0.0.1", port=presto.port, user="test", catalog="tpch", schema="tiny"
+    )
+    cursor = conn.cursor()
+
+    start_streaming_query(cursor, "SELECT * FROM lineitem")
+    first = cursor.fetchmany(10)
+    query_id = cursor.stats["queryId"]
+
+    assert len(first) == 10
+    assert cursor.description[0][:2] == ("orderkey", "bigint")
+    info = presto.query_info(query_id)
+    assert info["pages"] == 1 and info["rows"] == PAGE_ROWS  # not the 60,175 rows of lineitem
+    assert len(cursor.fetchmany(PAGE_ROWS)) == PAGE_ROWS
+    assert presto.query_info(query_id)["pages"] == 2
+
+    cursor.cancel()  # the real client's DELETE /v1/query/{id}
+    assert presto.query_info(query_id)["cancelled"]
+
+
+def test_plain_prestodb_execute_reads_every_page_first(presto):
+    """Why ``start_streaming_query`` exists: prestodb 0.8.4's own execute drains the result."""
+    conn = prestodb.dbapi.connect(
+        host="127.0.0.1", port=presto.port, user="test", catalog="tpch", schema="tiny"
+    )
+    cursor = conn.cursor()
+    cursor.execute("SELECT orderkey FROM orders")
+    assert presto.query_info(cursor.stats["queryId"])["state"] == "FINISHED"
+
+
+# -- type mapping ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("presto_type", "arrow", "value", "converted"),
+    [
+        ("bigint", pa.int64(), 5, 5),
+        ("integer", pa.int32(), 5, 5),
+        ("double", pa.float64(), "Infinity", math.inf),
+        ("real", pa.float32(), 1.5, 1.5),
+        ("varchar(25)", pa.string(), "x", "x"),
+        ("char(1)", pa.string(), "x", "x"),
+        ("boolean", pa.bool_(), True, True),
+        ("date", pa.date32(), "1996-01-02", dt.date(1996, 1, 2)),
+        ("decimal(12,2)", pa.decimal128(12, 2), "1.50", Decimal("1.50")),
+        (
+            "timestamp",
+            pa.timestamp("ms"),
+            "1996-01-02 03:04:05.678",
+            dt.datetime(1996, 1, 2, 3, 4, 5, 678000),
+        ),
+        (
+            "timestamp(6)",
+            pa.timestamp("us"),
+            "1996-01-02 03:04:05.123456789",
+            dt.datetime(1996, 1, 2, 3, 4, 5, 123456),
+        ),
+        (
+            "timestamp(3) with time zone",
+            pa.timestamp("ms", tz="UTC"),
+            "1996-01-02 03:04:05.000 +01:00",
+            dt.datetime(1996, 1, 2, 2, 4, 5, tzinfo=dt.UTC),
+        ),
+        (
+            "timestamp with time zone",
+            pa.timestamp("ms", tz="UTC"),
+            "1996-07-02 03:04:05.000 Europe/Paris",
+            dt.datetime(1996, 7, 2, 1, 4, 5, tzinfo=dt.UTC),
+        ),
+        ("varbinary", pa.binary(), "AQI=", b"\x01\x02"),
+    ],
+)
+def test_arrow_type_mapping(presto_type, arrow, value, converted):
+    mapped, convert = arrow_type(presto_type)
+    assert mapped == arrow
+    result = convert(value) if convert else value
+    assert pa.array([result], type=mapped).to_pylist()[0] == converted
+
+
+@pytest.mark.parametrize(
+    "presto_type",
+    [
+        "array(bigint)",
+        "map(varchar,bigint)",
+        "row(x bigint)",
+        "time",
+        "interval day to second",
+        "hyperloglog",
+    ],
+)
+def test_unsupported_types_are_named(presto_type):
+    with pytest.raises(UnsupportedPrestoTypeError, match="Cast it in the SQL"):
+        arrow_type(presto_type, "col")
