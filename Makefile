@@ -36,8 +36,8 @@ ui: install
 	$(BIN)/python -m local_stack.ui
 
 bench: install
-	$(BIN)/python bench/dag_parse_time.py
-	$(BIN)/python bench/runtime_overhead.py
+	PYTHONPATH=. $(BIN)/python bench/dag_parse_time.py
+	PYTHONPATH=. $(BIN)/python bench/runtime_overhead.py
 
 clean:
 	rm -rf .local .pytest_cache .ruff_cache

@@ -20,7 +20,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-parallel-containers", type=int, default=None)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    endpoint = LocalAwsEndpoint(args.host, args.port, args.workdir, args.max_parallel_containers)
+    endpoint = LocalAwsEndpoint(
+        args.host, args.port, args.workdir, args.max_parallel_containers, log_requests=True
+    )
     endpoint.start()
     print(f"local AWS endpoint ready on {endpoint.url}", flush=True)
     done = threading.Event()

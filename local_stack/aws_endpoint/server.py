@@ -45,8 +45,10 @@ class LocalAwsEndpoint:
         port: int = 4566,
         workdir: Path | None = None,
         max_parallel_containers: int | None = None,
+        log_requests: bool = False,
     ) -> None:
         self.host = host
+        self._log_requests = log_requests
         self._requested_port = port
         self._workdir = workdir
         self._max_parallel = max_parallel_containers
@@ -71,6 +73,9 @@ class LocalAwsEndpoint:
     def start(self) -> LocalAwsEndpoint:
         """Bind the port, create the runtime and serve in a daemon thread."""
         load_actions()
+        if not self._log_requests:
+            # One access-log line per boto3 call drowns test and benchmark output.
+            logging.getLogger("werkzeug").setLevel(logging.WARNING)
         self._server = make_server(self.host, self._requested_port, self._wsgi, threaded=True)
         workdir = self._workdir
         if workdir is None:

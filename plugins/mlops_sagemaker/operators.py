@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from airflow.providers.amazon.aws.operators.sagemaker import (
@@ -25,12 +26,16 @@ from airflow.providers.amazon.aws.operators.sagemaker import (
     serialize,
 )
 from airflow.sdk import BaseOperator
+from airflow.sdk.exceptions import AirflowFailException
 
 from mlops_sagemaker.naming import MAX_NAME, MAX_TUNING_NAME, attempt_name, attempt_of
 
 TERMINAL_OK = "Completed"
 RUNNING = {"InProgress", "Stopping"}
 CHECK_INTERVAL_PARAM = "sagemaker_check_interval_seconds"
+# FailureReason prefixes SageMaker uses for errors of the script or the request: retrying the
+# same job cannot help, so the task fails at once instead of burning its retries.
+NON_RETRYABLE_FAILURES = ("AlgorithmError", "ClientError")
 
 
 def _paginate(call: Callable[..., dict], key: str, **kwargs: Any) -> Iterator[dict]:
@@ -68,19 +73,108 @@ def resolve_attempt(
     return attempt_name(base, max(attempts, default=0) + 1, limit), None
 
 
-class _CheckIntervalFromParams:
-    """Lets a run override how often jobs are polled (Param ``sagemaker_check_interval_seconds``)."""
+def require_completed(kind: str, name: str, described: dict, status_key: str) -> None:
+    """Raise unless the job ``Completed``: the provider's wait also returns on ``Stopped``
+    (e.g. MaxRuntimeInSeconds exceeded), whose outputs must not feed the next step."""
+    status = described.get(status_key)
+    if status == TERMINAL_OK:
+        return
+    reason = described.get("FailureReason") or described.get("ExitMessage") or "no reason given"
+    message = f"SageMaker {kind} job {name} ended {status}: {reason}"
+    if status == "Failed" and reason.startswith(NON_RETRYABLE_FAILURES):
+        raise AirflowFailException(message)
+    raise RuntimeError(message)
 
+
+@dataclass(frozen=True)
+class _JobKind:
+    """How to list, describe and name one kind of SageMaker job."""
+
+    label: str
+    name_key: str
+    status_key: str
+    list_method: str
+    list_key: str
+    describe_method: str
+    limit: int
+
+
+_PROCESSING = _JobKind(
+    "processing",
+    "ProcessingJobName",
+    "ProcessingJobStatus",
+    "list_processing_jobs",
+    "ProcessingJobSummaries",
+    "describe_processing_job",
+    MAX_NAME,
+)
+_TUNING = _JobKind(
+    "tuning",
+    "HyperParameterTuningJobName",
+    "HyperParameterTuningJobStatus",
+    "list_hyper_parameter_tuning_jobs",
+    "HyperParameterTuningJobSummaries",
+    "describe_tuning_job",
+    MAX_TUNING_NAME,
+)
+
+
+class _IdempotentJob:
+    """Reuse / wait / next-attempt logic shared by the processing and tuning operators."""
+
+    kind: _JobKind
     check_interval: int
+    max_ingestion_time: int | None
 
-    def _apply_params(self, context: Any) -> None:
-        value = (context.get("params") or {}).get(CHECK_INTERVAL_PARAM)
-        if value:
-            self.check_interval = int(value)
+    def _run_idempotently(self, context: Any, create: Callable[[], Any]) -> dict:
+        """Resolve the job name, create or wait as needed; return the final describe output."""
+        kind = self.kind
+        # Lets a run override how often jobs are polled (Param sagemaker_check_interval_seconds).
+        interval = (context.get("params") or {}).get(CHECK_INTERVAL_PARAM)
+        if interval:
+            self.check_interval = int(interval)
+        first = self.config[kind.name_key]
+        summaries = _paginate(
+            getattr(self.hook.conn, kind.list_method), kind.list_key, NameContains=first[:-2]
+        )
+        name, status = resolve_attempt(first, summaries, kind.name_key, kind.status_key, kind.limit)
+        self.config[kind.name_key] = name
+        describe = getattr(self.hook, kind.describe_method)
+        if status == TERMINAL_OK:
+            self.log.info(
+                "%s job %s already completed for this input; reusing it", kind.label, name
+            )
+        else:
+            if status is None:
+                self.log.info("Starting %s job %s", kind.label, name)
+                run = create
+            else:
+                self.log.info("%s job %s is already running; waiting for it", kind.label, name)
+
+                def run() -> Any:
+                    return self.hook.check_status(
+                        name,
+                        kind.status_key,
+                        describe,
+                        self.check_interval,
+                        self.max_ingestion_time,
+                    )
+
+            try:
+                run()
+            except Exception:
+                # Prefer the job's own FailureReason (and its retry policy) to the wait's error.
+                require_completed(kind.label, name, describe(name), kind.status_key)
+                raise
+        described = describe(name)
+        require_completed(kind.label, name, described, kind.status_key)
+        return described
 
 
-class IdempotentProcessingOperator(_CheckIntervalFromParams, SageMakerProcessingOperator):
+class IdempotentProcessingOperator(_IdempotentJob, SageMakerProcessingOperator):
     """``SageMakerProcessingOperator`` that reuses or resumes this request's job on re-runs."""
+
+    kind = _PROCESSING
 
     def __init__(self, **kwargs: Any) -> None:
         kwargs.setdefault("action_if_job_exists", "fail")
@@ -88,77 +182,26 @@ class IdempotentProcessingOperator(_CheckIntervalFromParams, SageMakerProcessing
 
     def execute(self, context: Any) -> dict:
         """Reuse a completed job, wait for a running one, or start the next attempt."""
-        self._apply_params(context)
-        conn = self.hook.conn
-        first = self.config["ProcessingJobName"]
-        summaries = _paginate(
-            conn.list_processing_jobs, "ProcessingJobSummaries", NameContains=first[:-2]
-        )
-        name, status = resolve_attempt(
-            first, summaries, "ProcessingJobName", "ProcessingJobStatus", MAX_NAME
-        )
-        self.config["ProcessingJobName"] = name
-        if status is None:
-            self.log.info("Starting processing job %s", name)
-            return super().execute(context)
-        if status in RUNNING:
-            self.log.info("Processing job %s is already running; waiting for it", name)
-            self.hook.check_status(
-                name,
-                "ProcessingJobStatus",
-                self.hook.describe_processing_job,
-                self.check_interval,
-                self.max_ingestion_time,
-            )
-        else:
-            self.log.info("Processing job %s already completed for this input; reusing it", name)
-        return {"Processing": serialize(self.hook.describe_processing_job(name))}
+        create = lambda: super(IdempotentProcessingOperator, self).execute(context)  # noqa: E731
+        return {"Processing": serialize(self._run_idempotently(context, create))}
 
 
-class IdempotentTuningOperator(_CheckIntervalFromParams, SageMakerTuningOperator):
+class IdempotentTuningOperator(_IdempotentJob, SageMakerTuningOperator):
     """``SageMakerTuningOperator`` that reuses or resumes this request's tuning job on re-runs."""
+
+    kind = _TUNING
 
     def execute(self, context: Any) -> dict:
         """Reuse a completed tuning job, wait for a running one, or start the next attempt."""
-        self._apply_params(context)
-        conn = self.hook.conn
-        first = self.config["HyperParameterTuningJobName"]
-        summaries = _paginate(
-            conn.list_hyper_parameter_tuning_jobs,
-            "HyperParameterTuningJobSummaries",
-            NameContains=first[:-2],
-        )
-        name, status = resolve_attempt(
-            first,
-            summaries,
-            "HyperParameterTuningJobName",
-            "HyperParameterTuningJobStatus",
-            MAX_TUNING_NAME,
-        )
-        self.config["HyperParameterTuningJobName"] = name
-        if status is None:
-            self.log.info("Starting tuning job %s", name)
-            result = super().execute(context)
-        else:
-            if status in RUNNING:
-                self.log.info("Tuning job %s is already running; waiting for it", name)
-                self.hook.check_status(
-                    name,
-                    "HyperParameterTuningJobStatus",
-                    self.hook.describe_tuning_job,
-                    self.check_interval,
-                    self.max_ingestion_time,
-                )
-            else:
-                self.log.info("Tuning job %s already completed for this input; reusing it", name)
-            result = {"Tuning": serialize(self.hook.describe_tuning_job(name))}
+        create = lambda: super(IdempotentTuningOperator, self).execute(context)  # noqa: E731
+        described = self._run_idempotently(context, create)
         # A tuning job can complete with every training job failed: no model to go on with.
-        if not result["Tuning"].get("BestTrainingJob"):
-            raise RuntimeError(
-                f"Tuning job {name} finished without a best training job "
-                f"(status counters: {result['Tuning'].get('TrainingJobStatusCounters')})"
+        if not described.get("BestTrainingJob"):
+            raise AirflowFailException(
+                f"Tuning job {described['HyperParameterTuningJobName']} finished without a best "
+                f"training job (status counters: {described.get('TrainingJobStatusCounters')})"
             )
-        return result
+        return {"Tuning": serialize(described)}
 
 
 def find_registered_version(conn: Any, group: str, registration_key: str) -> str | None:

@@ -179,8 +179,8 @@ def build_training_dag(config: UseCase, include_dir: Path) -> DAG:
         @task(retries=0)
         def quality_gate(evaluation_result: dict) -> dict:
             """Fail (without retries) unless the model reaches the threshold."""
-            from airflow.sdk.exceptions import AirflowFailException
             from airflow.providers.amazon.aws.hooks.s3 import S3Hook
+            from airflow.sdk.exceptions import AirflowFailException
 
             uri = tasks.evaluation_uri(evaluation_result)
             evaluation = json.loads(S3Hook(aws_conn_id=aws).read_key(*_split_uri(uri)))

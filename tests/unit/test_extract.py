@@ -29,7 +29,7 @@ from mlops_sagemaker.extract import (
     start_streaming_query,
 )
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 TRAINING_SQL = ROOT / "include" / "sql" / "tpch_orders" / "training.sql"
 BUCKET = "mlops-extract-test"
 PAGE_ROWS = 500

@@ -65,3 +65,28 @@ def test_code_bundle_is_reproducible(tmp_path: Path) -> None:
 def test_code_bundle_needs_code(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="no step code"):
         build_bundle(tmp_path)
+
+
+def test_only_completed_jobs_feed_the_next_step() -> None:
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from mlops_sagemaker.operators import require_completed
+
+    require_completed("processing", "j", {"S": "Completed"}, "S")
+    with pytest.raises(RuntimeError, match="ended Stopped: MaxRuntimeExceeded"):
+        require_completed(
+            "processing", "j", {"S": "Stopped", "FailureReason": "MaxRuntimeExceeded"}, "S"
+        )
+    # The script's own error: retrying the same job cannot help, so no retries.
+    with pytest.raises(AirflowFailException, match="AlgorithmError: label has one class"):
+        require_completed(
+            "processing",
+            "j",
+            {"S": "Failed", "FailureReason": "AlgorithmError: label has one class"},
+            "S",
+        )
+    with pytest.raises(RuntimeError, match="InternalServerError") as err:
+        require_completed(
+            "tuning", "j", {"S": "Failed", "FailureReason": "InternalServerError"}, "S"
+        )
+    assert not isinstance(err.value, AirflowFailException)

@@ -83,7 +83,9 @@ def plans_for(ds: str) -> dict[str, dict]:
                 },
             }
         },
-        lambda name: {"ModelArtifacts": {"S3ModelArtifacts": f"{base}/tuning/{name}/output/model.tar.gz"}},
+        lambda name: {
+            "ModelArtifacts": {"S3ModelArtifacts": f"{base}/tuning/{name}/output/model.tar.gz"}
+        },
     )
     evaluation = tasks.plan_evaluation(CONFIG, run, code, split_result, model)
     gate = tasks.quality_gate(
@@ -93,7 +95,12 @@ def plans_for(ds: str) -> dict[str, dict]:
         CONFIG, run, code, model, f"{base}/evaluation/evaluation.json", gate, manifest,
         {"train": 1600, "validation": 350, "test": 350},
     )  # fmt: skip
-    return {"split": split, "tuning": tuning, "evaluation": evaluation, "registration": registration}
+    return {
+        "split": split,
+        "tuning": tuning,
+        "evaluation": evaluation,
+        "registration": registration,
+    }
 
 
 @pytest.mark.parametrize("ds", RUN_DATES)
