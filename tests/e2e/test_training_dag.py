@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import socket
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -52,6 +53,16 @@ def job_counts(stack: LocalStack) -> dict[str, int]:
     }
 
 
+def asset_event_arns(stack: LocalStack) -> list[str]:
+    """Model package ARNs carried by the model-versions Asset's events, oldest first."""
+    with sqlite3.connect(stack.airflow_home / "airflow.db") as db:
+        rows = db.execute(
+            "SELECT e.extra FROM asset_event e JOIN asset a ON a.id = e.asset_id "
+            "WHERE a.name = 'mlops.tpch_orders.model_versions' ORDER BY e.id"
+        ).fetchall()
+    return [json.loads(extra)["model_package_arn"] for (extra,) in rows]
+
+
 def test_run_registers_a_version_despite_throttling_and_rerun_duplicates_nothing(stack) -> None:
     ds = "1996-02-29"
     stack.faults(
@@ -78,6 +89,7 @@ def test_run_registers_a_version_despite_throttling_and_rerun_duplicates_nothing
     assert statistics.endswith(f"/training/{ds}/evaluation/evaluation.json")
     container = described["InferenceSpecification"]["Containers"][0]
     assert container["Environment"]["SAGEMAKER_PROGRAM"] == "inference.py"
+    assert asset_event_arns(stack) == [version["arn"]]
 
     before = job_counts(stack)
     code, log = run_dag(stack, ds)
