@@ -13,11 +13,10 @@ import os
 import sys
 import time
 
-from local_stack.stack import LocalStack
+from local_stack.stack import ROOT, LocalStack
 from local_stack.summary import training_summary
 
-DAG_ID = "mlops_tpch_orders_training"
-GROUP = "tpch-orders-late-delivery"
+USE_CASE = "tpch_orders"
 
 
 def _print_summary(summary: dict, gate_threshold: float) -> None:
@@ -49,8 +48,13 @@ def _print_summary(summary: dict, gate_threshold: float) -> None:
 
 def main() -> int:
     """Run the demo; return the process exit code."""
+    sys.path.insert(0, str(ROOT / "plugins"))
+    from mlops_sagemaker.config import load_use_case
+
+    config = load_use_case(ROOT / "include" / "config" / f"{USE_CASE}.yaml")
+    dag_id = f"mlops_{USE_CASE}_training"
     ds = os.environ.get("DEMO_DATE", "1996-02-29")
-    stack = LocalStack()
+    stack = LocalStack(bucket=config.storage.bucket)
     print(
         f"Starting the local stack: Presto stand-in on 127.0.0.1:{stack.presto_port}, "
         f"local AWS endpoint on {stack.aws_url} (logs in {stack.home / 'logs'})",
@@ -60,18 +64,20 @@ def main() -> int:
         stack.migrate_db()
         log_path = stack.home / "logs" / f"dags-test-{ds}.log"
         print(
-            f"Running {DAG_ID} for {ds} with `airflow dags test` (log: {log_path}) ...", flush=True
+            f"Running {dag_id} for {ds} with `airflow dags test` (log: {log_path}) ...", flush=True
         )
         started = time.monotonic()
         result = stack.airflow(
-            "dags", "test", DAG_ID, ds,
+            "dags", "test", dag_id, ds,
             "--conf", json.dumps({"sagemaker_check_interval_seconds": 2}),
             check=False,
         )  # fmt: skip
         log_path.write_text(result.stdout + result.stderr)
         elapsed = time.monotonic() - started
-        summary = training_summary(stack, "tpch_orders", GROUP, ds)
-        _print_summary(summary, gate_threshold=0.7)
+        summary = training_summary(
+            stack, USE_CASE, config.registry.model_package_group, ds, config.storage.prefix
+        )
+        _print_summary(summary, gate_threshold=config.evaluation.threshold)
         print(f"\nDAG run finished in {elapsed:.0f}s with exit code {result.returncode}")
         if result.returncode != 0 or not summary["registered_versions"]:
             print("The DAG run failed; last lines of its log:", file=sys.stderr)

@@ -107,6 +107,8 @@ class LocalStack:
                 "PYTHONPATH": os.pathsep.join([str(ROOT / "plugins"), str(ROOT)]),
                 "AWS_DEFAULT_REGION": REGION,
                 "AWS_EC2_METADATA_DISABLED": "true",
+                # `airflow standalone` starts its components as `airflow ...` from PATH.
+                "PATH": os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")]),
             }
         )
         return env

@@ -8,10 +8,12 @@ from typing import Any
 from local_stack.stack import LocalStack
 
 
-def training_summary(stack: LocalStack, use_case: str, group: str, ds: str) -> dict[str, Any]:
+def training_summary(
+    stack: LocalStack, use_case: str, group: str, ds: str, s3_prefix: str = "mlops"
+) -> dict[str, Any]:
     """Rows extracted, tuning jobs and best objective, evaluation vs gate, registered version."""
     s3, sm = stack.client("s3"), stack.client("sagemaker")
-    prefix = f"mlops/{use_case}/training/{ds}"
+    prefix = f"{s3_prefix}/{use_case}/training/{ds}"
     manifest = json.loads(
         s3.get_object(Bucket=stack.bucket, Key=f"{prefix}/extract/manifest.json")["Body"].read()
     )
