@@ -1,7 +1,8 @@
 """Evaluate a trained model on the test split and write ``evaluation.json``.
 
 Runs as a SageMaker Processing job in the scikit-learn container (``python evaluate.py ...``).
-It has no dependency on Airflow or on the other step scripts.
+It has no dependency on Airflow; it needs ``step_common.py`` (failure reporting) next to it,
+which holds because the job receives the whole step-code folder.
 
 Inputs:
 
@@ -24,11 +25,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import tarfile
 import tempfile
-import traceback
 from collections.abc import Sequence
 from contextlib import ExitStack
 from pathlib import Path
@@ -47,6 +46,7 @@ from sklearn.metrics import (
     roc_auc_score,
     roc_curve,
 )
+from step_common import DataValidationError, StepArgumentParser, run_as_script
 
 DEFAULT_MODEL_DIR = "/opt/ml/processing/model"
 DEFAULT_TEST_DIR = "/opt/ml/processing/test"
@@ -57,67 +57,9 @@ METADATA_FILE = "model_metadata.json"
 MAX_CURVE_POINTS = 101
 
 
-class DataValidationError(Exception):
-    """The model or the test data cannot be used; the message says what to fix."""
-
-
-# --------------------------------------------------------------------------- failure reporting
-# Duplicated on purpose in each step script: every script must run when shipped alone.
-
-
-def _failure_files(file_names: Sequence[str]) -> list[Path]:
-    """Where to write a failure message so that SageMaker shows it.
-
-    ``SM_FAILURE_FILE`` wins when set. Otherwise the files go to ``<base>/output/`` where
-    ``<base>`` is ``SAGEMAKER_BASE_DIR`` (set by the local runtime and the training toolkit
-    outside SageMaker) or ``/opt/ml``. Processing jobs report ``output/message`` as the job's
-    ExitMessage; training jobs report ``output/failure`` as the FailureReason.
-    """
-    explicit = os.environ.get("SM_FAILURE_FILE")
-    if explicit:
-        return [Path(explicit)]
-    base = Path(os.environ.get("SAGEMAKER_BASE_DIR") or "/opt/ml")
-    return [base / "output" / name for name in file_names]
-
-
-def _report_failure(message: str, file_names: Sequence[str]) -> None:
-    """Print ``message`` to stderr and write it to the failure file(s); never raises."""
-    print(message, file=sys.stderr)
-    for path in _failure_files(file_names):
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(message, encoding="utf-8")
-        except OSError as exc:  # a read-only /opt/ml outside a container must not hide the error
-            print(f"(could not write failure file {path}: {exc})", file=sys.stderr)
-
-
-def _run_as_script(main_fn: Any, script: str, file_names: Sequence[str]) -> int:
-    """Run ``main_fn`` and turn errors into a failure file and exit code 1."""
-    try:
-        main_fn()
-    except DataValidationError as exc:
-        _report_failure(f"{script}: {exc}", file_names)
-        return 1
-    except Exception as exc:
-        traceback.print_exc()
-        _report_failure(
-            f"{script}: unexpected error {type(exc).__name__}: {exc} (traceback in the job log)",
-            file_names,
-        )
-        return 1
-    return 0
-
-
-class _ArgumentParser(argparse.ArgumentParser):
-    """Argument errors become :class:`DataValidationError` so they reach the failure file."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        raise DataValidationError(f"invalid arguments: {message}")
-
-
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """Parse the command line (SageMaker passes ``ContainerArguments`` here)."""
-    parser = _ArgumentParser(description=__doc__.splitlines()[0])
+    parser = StepArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model-dir", default=DEFAULT_MODEL_DIR)
     parser.add_argument("--test-dir", default=DEFAULT_TEST_DIR)
     parser.add_argument("--output-dir", default=DEFAULT_OUTPUT_DIR)
@@ -363,4 +305,4 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    sys.exit(_run_as_script(main, "evaluate.py", ("message", "failure")))
+    sys.exit(run_as_script(main, "evaluate.py", ("message", "failure")))

@@ -1,7 +1,8 @@
 """Split the extracted rows into train/validation/test and write a feature baseline.
 
 Runs as a SageMaker Processing job in the scikit-learn container (``python preprocess.py ...``).
-It has no dependency on Airflow or on the other step scripts: it can be shipped on its own.
+It has no dependency on Airflow; it needs ``step_common.py`` (failure reporting) next to it,
+which holds because the job receives the whole step-code folder.
 
 Inputs: every ``*.parquet`` and ``*.csv`` file under ``--input-dir`` (recursively), as written by
 the extraction task (one row per entity, a key column, numeric feature columns, a binary label).
@@ -28,9 +29,7 @@ import argparse
 import hashlib
 import json
 import math
-import os
 import sys
-import traceback
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -38,6 +37,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
+from step_common import DataValidationError, StepArgumentParser, run_as_script
 
 DEFAULT_INPUT_DIR = "/opt/ml/processing/input/data"
 DEFAULT_OUTPUT_DIR = "/opt/ml/processing/output"
@@ -54,64 +54,6 @@ QUANTILES = {
 MAX_EXAMPLES = 5
 
 
-class DataValidationError(Exception):
-    """The input data or the arguments cannot be used; the message says what to fix."""
-
-
-# --------------------------------------------------------------------------- failure reporting
-# Duplicated on purpose in each step script: every script must run when shipped alone.
-
-
-def _failure_files(file_names: Sequence[str]) -> list[Path]:
-    """Where to write a failure message so that SageMaker shows it.
-
-    ``SM_FAILURE_FILE`` wins when set. Otherwise the files go to ``<base>/output/`` where
-    ``<base>`` is ``SAGEMAKER_BASE_DIR`` (set by the local runtime and the training toolkit
-    outside SageMaker) or ``/opt/ml``. Processing jobs report ``output/message`` as the job's
-    ExitMessage; training jobs report ``output/failure`` as the FailureReason.
-    """
-    explicit = os.environ.get("SM_FAILURE_FILE")
-    if explicit:
-        return [Path(explicit)]
-    base = Path(os.environ.get("SAGEMAKER_BASE_DIR") or "/opt/ml")
-    return [base / "output" / name for name in file_names]
-
-
-def _report_failure(message: str, file_names: Sequence[str]) -> None:
-    """Print ``message`` to stderr and write it to the failure file(s); never raises."""
-    print(message, file=sys.stderr)
-    for path in _failure_files(file_names):
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(message, encoding="utf-8")
-        except OSError as exc:  # a read-only /opt/ml outside a container must not hide the error
-            print(f"(could not write failure file {path}: {exc})", file=sys.stderr)
-
-
-def _run_as_script(main_fn: Any, script: str, file_names: Sequence[str]) -> int:
-    """Run ``main_fn`` and turn errors into a failure file and exit code 1."""
-    try:
-        main_fn()
-    except DataValidationError as exc:
-        _report_failure(f"{script}: {exc}", file_names)
-        return 1
-    except Exception as exc:
-        traceback.print_exc()
-        _report_failure(
-            f"{script}: unexpected error {type(exc).__name__}: {exc} (traceback in the job log)",
-            file_names,
-        )
-        return 1
-    return 0
-
-
-class _ArgumentParser(argparse.ArgumentParser):
-    """Argument errors become :class:`DataValidationError` so they reach the failure file."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        raise DataValidationError(f"invalid arguments: {message}")
-
-
 # --------------------------------------------------------------------------- arguments
 
 
@@ -124,7 +66,7 @@ def _comma_list(value: str) -> list[str]:
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """Parse the command line (SageMaker passes ``ContainerArguments`` here)."""
-    parser = _ArgumentParser(description=__doc__.splitlines()[0])
+    parser = StepArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--input-dir", default=DEFAULT_INPUT_DIR)
     parser.add_argument("--output-dir", default=DEFAULT_OUTPUT_DIR)
     parser.add_argument("--key-column", required=True)
@@ -417,4 +359,4 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    sys.exit(_run_as_script(main, "preprocess.py", ("message", "failure")))
+    sys.exit(run_as_script(main, "preprocess.py", ("message", "failure")))

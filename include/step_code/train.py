@@ -3,7 +3,8 @@
 Started by the SageMaker scikit-learn container (the ``sagemaker-training`` toolkit) as
 ``python train.py --n_estimators 100 --max_depth 8 ...``: hyperparameters arrive as
 ``--name value`` arguments, data channels as directories named by ``SM_CHANNEL_<NAME>``.
-It has no dependency on Airflow or on the other step scripts.
+It has no dependency on Airflow; it imports ``step_common.py`` (failure reporting) from the
+same source dir.
 
 Channels ``train`` and ``validation`` hold the CSV files written by ``preprocess.py`` (header
 row, columns ``key, features..., label``). The script prints ``validation:auc=<value>;`` (the
@@ -28,7 +29,6 @@ import json
 import os
 import platform
 import sys
-import traceback
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -39,6 +39,7 @@ import pandas as pd
 import sklearn
 from sklearn.ensemble import RandomForestClassifier
 from sklearn.metrics import accuracy_score, roc_auc_score
+from step_common import DataValidationError, StepArgumentParser, run_as_script
 
 MODEL_FILE = "model.joblib"
 METADATA_FILE = "model_metadata.json"
@@ -46,64 +47,6 @@ METRICS_FILE = "metrics.json"
 POSITIVE_CLASS = 1
 # Predicted positive when P(positive) >= this; evaluate.py and inference.py read it from metadata.
 DECISION_THRESHOLD = 0.5
-
-
-class DataValidationError(Exception):
-    """The channels or hyperparameters cannot be used; the message says what to fix."""
-
-
-# --------------------------------------------------------------------------- failure reporting
-# Duplicated on purpose in each step script: every script must run when shipped alone.
-
-
-def _failure_files(file_names: Sequence[str]) -> list[Path]:
-    """Where to write a failure message so that SageMaker shows it.
-
-    ``SM_FAILURE_FILE`` wins when set. Otherwise the files go to ``<base>/output/`` where
-    ``<base>`` is ``SAGEMAKER_BASE_DIR`` (set by the local runtime and the training toolkit
-    outside SageMaker) or ``/opt/ml``. Training jobs report ``output/failure`` as the
-    FailureReason (the toolkit does not overwrite a failure file that already exists).
-    """
-    explicit = os.environ.get("SM_FAILURE_FILE")
-    if explicit:
-        return [Path(explicit)]
-    base = Path(os.environ.get("SAGEMAKER_BASE_DIR") or "/opt/ml")
-    return [base / "output" / name for name in file_names]
-
-
-def _report_failure(message: str, file_names: Sequence[str]) -> None:
-    """Print ``message`` to stderr and write it to the failure file(s); never raises."""
-    print(message, file=sys.stderr)
-    for path in _failure_files(file_names):
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(message, encoding="utf-8")
-        except OSError as exc:  # a read-only /opt/ml outside a container must not hide the error
-            print(f"(could not write failure file {path}: {exc})", file=sys.stderr)
-
-
-def _run_as_script(main_fn: Any, script: str, file_names: Sequence[str]) -> int:
-    """Run ``main_fn`` and turn errors into a failure file and exit code 1."""
-    try:
-        main_fn()
-    except DataValidationError as exc:
-        _report_failure(f"{script}: {exc}", file_names)
-        return 1
-    except Exception as exc:
-        traceback.print_exc()
-        _report_failure(
-            f"{script}: unexpected error {type(exc).__name__}: {exc} (traceback in the job log)",
-            file_names,
-        )
-        return 1
-    return 0
-
-
-class _ArgumentParser(argparse.ArgumentParser):
-    """Argument errors become :class:`DataValidationError` so they reach the failure file."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        raise DataValidationError(f"invalid hyperparameters/arguments: {message}")
 
 
 # --------------------------------------------------------------------------- arguments
@@ -138,7 +81,9 @@ def _comma_list(value: str) -> list[str]:
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """Parse hyperparameters (``--name value``) and paths (defaults from ``SM_*`` variables)."""
     env = os.environ
-    parser = _ArgumentParser(description=__doc__.splitlines()[0])
+    parser = StepArgumentParser(
+        description=__doc__.splitlines()[0], error_prefix="invalid hyperparameters/arguments"
+    )
     # Tuned hyperparameters.
     parser.add_argument("--n_estimators", type=_int_value, default=100)
     parser.add_argument("--max_depth", type=_max_depth, default=None)
@@ -333,4 +278,4 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    sys.exit(_run_as_script(main, "train.py", ("failure",)))
+    sys.exit(run_as_script(main, "train.py", ("failure",)))

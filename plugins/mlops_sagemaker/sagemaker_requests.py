@@ -45,9 +45,8 @@ class CodeLocations:
     """Where the content-addressed step code lives in S3."""
 
     version: str
-    preprocess_uri: str
-    evaluate_uri: str
-    sourcedir_uri: str
+    scripts_uri: str  # prefix holding every step script (processing jobs get the whole folder)
+    sourcedir_uri: str  # the same scripts as the tarball training/serving containers take
 
     def as_dict(self) -> dict[str, str]:
         """JSON-friendly form for XCom."""
@@ -176,7 +175,7 @@ def split_request(
     ]  # fmt: skip
     inputs = [
         _s3_input("data", extract_data_uri, f"{PROCESSING_ROOT}/input/data"),
-        _s3_input("code", code.preprocess_uri, f"{PROCESSING_ROOT}/input/code"),
+        _s3_input("code", code.scripts_uri, f"{PROCESSING_ROOT}/input/code"),
     ]
     outputs = [
         _s3_output(name, paths.uri("split", name, ""), f"{out}/{name}")
@@ -315,7 +314,7 @@ def evaluation_request(
     inputs = [
         _s3_input("model", model_data_url, f"{PROCESSING_ROOT}/model"),
         _s3_input("test", test_uri, f"{PROCESSING_ROOT}/test"),
-        _s3_input("code", code.evaluate_uri, f"{PROCESSING_ROOT}/input/code"),
+        _s3_input("code", code.scripts_uri, f"{PROCESSING_ROOT}/input/code"),
     ]
     outputs = [
         _s3_output("evaluation", paths.uri("evaluation", ""), f"{PROCESSING_ROOT}/evaluation")

@@ -64,7 +64,7 @@ def stage_code(config: UseCase, step_code_dir: Path, aws_conn_id: str) -> dict[s
     bundle = build_bundle(step_code_dir)
     s3 = S3Hook(aws_conn_id=aws_conn_id)
     bucket, prefix, use_case = config.storage.bucket, config.storage.prefix, config.use_case
-    objects = {name: data for name, data in bundle.files.items()}
+    objects = {f"scripts/{name}": data for name, data in bundle.files.items()}
     objects["sourcedir.tar.gz"] = bundle.tarball
     for name, data in objects.items():
         key = code_key(prefix, use_case, bundle.version, name)
@@ -78,8 +78,7 @@ def stage_code(config: UseCase, step_code_dir: Path, aws_conn_id: str) -> dict[s
     region = s3.conn_region_name or "us-east-1"
     code = CodeLocations(
         version=bundle.version,
-        preprocess_uri=uri("preprocess.py"),
-        evaluate_uri=uri("evaluate.py"),
+        scripts_uri=uri("scripts/"),
         sourcedir_uri=uri("sourcedir.tar.gz"),
     )
     return {**code.as_dict(), "image_uri": resolve_image(config, region), "region": region}
@@ -88,8 +87,7 @@ def stage_code(config: UseCase, step_code_dir: Path, aws_conn_id: str) -> dict[s
 def _code(staged: Mapping[str, str]) -> CodeLocations:
     return CodeLocations(
         version=staged["version"],
-        preprocess_uri=staged["preprocess_uri"],
-        evaluate_uri=staged["evaluate_uri"],
+        scripts_uri=staged["scripts_uri"],
         sourcedir_uri=staged["sourcedir_uri"],
     )
 
@@ -189,7 +187,6 @@ def plan_registration(
     run: RunInfo,
     staged: Mapping[str, str],
     model: Mapping[str, Any],
-    evaluation_s3_uri: str,
     gate: Mapping[str, Any],
     manifest: Mapping[str, Any],
     split_counts: Mapping[str, Any],
@@ -216,7 +213,7 @@ def plan_registration(
         staged["image_uri"],
         staged["region"],
         model["model_data_url"],
-        evaluation_s3_uri,
+        gate["evaluation_uri"],
         metadata,
     )
     return {

@@ -208,7 +208,6 @@ def build_training_dag(config: UseCase, include_dir: Path) -> DAG:
                 run,
                 staged,
                 model,
-                gate["evaluation_uri"],
                 gate,
                 manifest,
                 baseline.get("rows_per_split", {}),

@@ -114,14 +114,23 @@ _MODULES: dict[str, ModuleType] = {}
 
 
 def _load_step_module(name: str) -> ModuleType:
-    """Import ``include/step_code/<name>.py`` under a private name (``step_code_<name>``)."""
+    """Import ``include/step_code/<name>.py`` under a private name (``step_code_<name>``).
+
+    The scripts import their helper ``step_common`` by its plain name, as they do in the
+    containers (where their folder is first on ``sys.path``): the folder is put on
+    ``sys.path`` while the script is imported.
+    """
     if name not in _MODULES:
         module_name = f"step_code_{name}"
         spec = importlib.util.spec_from_file_location(module_name, STEP_CODE_DIR / f"{name}.py")
         assert spec is not None and spec.loader is not None
         module = importlib.util.module_from_spec(spec)
         sys.modules[module_name] = module  # dataclasses need the module registered
-        spec.loader.exec_module(module)
+        sys.path.insert(0, str(STEP_CODE_DIR))
+        try:
+            spec.loader.exec_module(module)
+        finally:
+            sys.path.remove(str(STEP_CODE_DIR))
         _MODULES[name] = module
     return _MODULES[name]
 

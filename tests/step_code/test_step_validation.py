@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Callable
@@ -152,11 +153,19 @@ def _bad_input_dir(tmp_path: Path, tpch_frame: pd.DataFrame) -> Path:
     return input_dir
 
 
-def _script_env(**extra: str) -> dict[str, str]:
-    env = {
+def _run_script(args: list[str], cwd: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    """``python <args>`` in ``cwd``, with ``env`` replacing any inherited failure-file settings."""
+    inherited = {
         k: v for k, v in os.environ.items() if k not in ("SM_FAILURE_FILE", "SAGEMAKER_BASE_DIR")
     }
-    return {**env, **extra}
+    return subprocess.run(
+        [sys.executable, *args],
+        cwd=cwd,
+        env={**inherited, **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def test_script_writes_the_failure_file_and_exits_1(
@@ -167,13 +176,10 @@ def test_script_writes_the_failure_file_and_exits_1(
 ) -> None:
     input_dir = _bad_input_dir(tmp_path, tpch_frame)
     failure = tmp_path / "failure-file"
-    done = subprocess.run(
-        [sys.executable, "preprocess.py", *preprocess_argv(input_dir, tmp_path / "out")],
+    done = _run_script(
+        ["preprocess.py", *preprocess_argv(input_dir, tmp_path / "out")],
         cwd=step_code_dir,
-        env=_script_env(SM_FAILURE_FILE=str(failure)),
-        capture_output=True,
-        text=True,
-        timeout=120,
+        SM_FAILURE_FILE=str(failure),
     )
     assert done.returncode == 1
     expected = "preprocess.py: missing required column(s): avg_discount;"
@@ -182,16 +188,26 @@ def test_script_writes_the_failure_file_and_exits_1(
     assert "Traceback" not in done.stderr  # a validation error is not a crash
 
 
+def _processing_code_dir(tmp_path: Path, step_code_dir: Path) -> Path:
+    """What a processing job receives: every ``*.py`` of the step-code folder, nothing else."""
+    code = tmp_path / "opt" / "ml" / "processing" / "input" / "code"
+    code.mkdir(parents=True)
+    for script in step_code_dir.glob("*.py"):
+        shutil.copy2(script, code / script.name)
+    return code
+
+
 def test_script_failure_file_follows_sagemaker_base_dir(
     tmp_path: Path, step_code_dir: Path
 ) -> None:
     base = tmp_path / "opt-ml"
-    done = subprocess.run(
-        [sys.executable, str(step_code_dir / "preprocess.py"), "--key-column", "orderkey"],
-        env=_script_env(SAGEMAKER_BASE_DIR=str(base)),
-        capture_output=True,
-        text=True,
-        timeout=120,
+    code = _processing_code_dir(tmp_path, step_code_dir)
+    work = tmp_path / "elsewhere"  # the container's working directory is not the code folder
+    work.mkdir()
+    done = _run_script(
+        [str(code / "preprocess.py"), "--key-column", "orderkey"],
+        cwd=work,
+        SAGEMAKER_BASE_DIR=str(base),
     )
     assert done.returncode == 1
     # Processing jobs show output/message as ExitMessage; failure is kept for training parity.
@@ -199,6 +215,25 @@ def test_script_failure_file_follows_sagemaker_base_dir(
         text = (base / "output" / name).read_text()
         assert text.startswith("preprocess.py: invalid arguments: the following arguments are")
         assert "--label-column" in text and "--feature-columns" in text
+
+
+def test_evaluate_script_reports_through_the_failure_file(
+    tmp_path: Path, step_code_dir: Path
+) -> None:
+    base = tmp_path / "opt-ml"
+    code = _processing_code_dir(tmp_path, step_code_dir)
+    missing = tmp_path / "no-model"
+    done = _run_script(
+        [str(code / "evaluate.py"), "--model-dir", str(missing)],
+        cwd=tmp_path,
+        SAGEMAKER_BASE_DIR=str(base),
+    )
+    assert done.returncode == 1
+    expected = f"evaluate.py: model directory {missing} does not exist"
+    for name in ("message", "failure"):
+        assert (base / "output" / name).read_text() == expected
+    assert expected in done.stderr
+    assert "Traceback" not in done.stderr
 
 
 # ----------------------------------------------------------------------------- train
@@ -282,7 +317,9 @@ def test_training_rejects_a_bad_hyperparameter(
         train.main(
             _train_argv(splits / "train", splits / "validation", tmp_path, "--max_features", "all")
         )
-    assert "argument --max_features: invalid choice: 'all'" in str(info.value)
+    assert str(info.value).startswith(
+        "invalid hyperparameters/arguments: argument --max_features: invalid choice: 'all'"
+    )
 
 
 def test_training_needs_both_classes_in_validation(

@@ -37,8 +37,7 @@ def staged() -> dict[str, str]:
     code = "s3://mlops-local/mlops/tpch_orders/code/0123456789ab"
     return {
         "version": "0123456789ab",
-        "preprocess_uri": f"{code}/preprocess.py",
-        "evaluate_uri": f"{code}/evaluate.py",
+        "scripts_uri": f"{code}/scripts/",
         "sourcedir_uri": f"{code}/sourcedir.tar.gz",
         "image_uri": IMAGE,
         "region": "us-east-1",
@@ -91,8 +90,9 @@ def plans_for(ds: str) -> dict[str, dict]:
     gate = tasks.quality_gate(
         CONFIG, {"binary_classification_metrics": {"auc": {"value": 0.8}}}, None
     )
+    gate["evaluation_uri"] = f"{base}/evaluation/evaluation.json"
     registration = tasks.plan_registration(
-        CONFIG, run, code, model, f"{base}/evaluation/evaluation.json", gate, manifest,
+        CONFIG, run, code, model, gate, manifest,
         {"train": 1600, "validation": 350, "test": 350},
     )  # fmt: skip
     return {
