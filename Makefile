@@ -38,6 +38,7 @@ ui: install
 bench: install
 	PYTHONPATH=. $(BIN)/python bench/dag_parse_time.py
 	PYTHONPATH=. $(BIN)/python bench/runtime_overhead.py
+	PYTHONPATH=. $(BIN)/python bench/extract_memory.py
 
 clean:
 	rm -rf .local .pytest_cache .ruff_cache
