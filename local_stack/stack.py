@@ -207,12 +207,16 @@ class LocalStack:
             return json.loads(response.read())
 
     def airflow(
-        self, *args: str, check: bool = True, timeout: float = 1800
+        self,
+        *args: str,
+        check: bool = True,
+        timeout: float = 1800,
+        extra_env: dict[str, str] | None = None,
     ) -> subprocess.CompletedProcess:
         """Run an ``airflow`` CLI command against the stack; output is captured."""
         return subprocess.run(
             [str(Path(sys.executable).parent / "airflow"), *args],
-            env=self.airflow_env(),
+            env={**self.airflow_env(), **(extra_env or {})},
             cwd=ROOT,
             capture_output=True,
             text=True,

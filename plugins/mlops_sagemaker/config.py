@@ -154,6 +154,9 @@ class SageMakerSettings(_Strict):
     tags: dict[str, str] = {}
     check_interval_seconds: int = Field(30, ge=1)
     max_job_wait_seconds: int = Field(4 * 3600, ge=60)
+    deferrable: bool = Field(
+        True, description="wait for jobs in the triggerer instead of holding a worker slot"
+    )
 
     @field_validator("processing")
     @classmethod

@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -26,7 +27,7 @@ from airflow.providers.amazon.aws.operators.sagemaker import (
     serialize,
 )
 from airflow.sdk import BaseOperator
-from airflow.sdk.exceptions import AirflowFailException
+from airflow.sdk.exceptions import AirflowFailException, TaskDeferred
 
 from mlops_sagemaker.naming import MAX_NAME, MAX_TUNING_NAME, attempt_name, attempt_of
 
@@ -120,11 +121,17 @@ _TUNING = _JobKind(
 
 
 class _IdempotentJob:
-    """Reuse / wait / next-attempt logic shared by the processing and tuning operators."""
+    """Reuse / wait / next-attempt logic shared by the processing and tuning operators.
+
+    With ``deferrable=True`` a new job is waited for by the provider's ``SageMakerTrigger`` in
+    the triggerer (no worker slot held for hours); ``execute_complete`` then applies the same
+    final checks as the blocking path.
+    """
 
     kind: _JobKind
     check_interval: int
     max_ingestion_time: int | None
+    deferrable: bool
 
     def _run_idempotently(self, context: Any, create: Callable[[], Any]) -> dict:
         """Resolve the job name, create or wait as needed; return the final describe output."""
@@ -133,6 +140,9 @@ class _IdempotentJob:
         interval = (context.get("params") or {}).get(CHECK_INTERVAL_PARAM)
         if interval:
             self.check_interval = int(interval)
+        if self.deferrable and self.max_ingestion_time:
+            # The trigger gives up after max_attempts x check_interval: cover the whole wait.
+            self.max_attempts = math.ceil(self.max_ingestion_time / self.check_interval)
         first = self.config[kind.name_key]
         summaries = _paginate(
             getattr(self.hook.conn, kind.list_method), kind.list_key, NameContains=first[:-2]
@@ -144,30 +154,39 @@ class _IdempotentJob:
             self.log.info(
                 "%s job %s already completed for this input; reusing it", kind.label, name
             )
+        elif status is None:
+            self.log.info("Starting %s job %s", kind.label, name)
+            self._checked(name, create)  # defers here when deferrable
         else:
-            if status is None:
-                self.log.info("Starting %s job %s", kind.label, name)
-                run = create
-            else:
-                self.log.info("%s job %s is already running; waiting for it", kind.label, name)
+            self.log.info("%s job %s is already running; waiting for it", kind.label, name)
+            self._checked(
+                name,
+                lambda: self.hook.check_status(
+                    name, kind.status_key, describe, self.check_interval, self.max_ingestion_time
+                ),
+            )
+        return self._final(name)
 
-                def run() -> Any:
-                    return self.hook.check_status(
-                        name,
-                        kind.status_key,
-                        describe,
-                        self.check_interval,
-                        self.max_ingestion_time,
-                    )
+    def _resume(self, context: Any, event: dict | None, complete: Callable[[], Any]) -> dict:
+        """After deferral: the provider's event check, then the same final checks."""
+        name = (event or {}).get("job_name") or self.config[self.kind.name_key]
+        self._checked(name, complete)
+        return self._final(name)
 
-            try:
-                run()
-            except Exception:
-                # Prefer the job's own FailureReason (and its retry policy) to the wait's error.
-                require_completed(kind.label, name, describe(name), kind.status_key)
-                raise
-        described = describe(name)
-        require_completed(kind.label, name, described, kind.status_key)
+    def _checked(self, name: str, run: Callable[[], Any]) -> None:
+        try:
+            run()
+        except TaskDeferred:
+            raise
+        except Exception:
+            # Prefer the job's own FailureReason (and its retry policy) to the wait's error.
+            described = getattr(self.hook, self.kind.describe_method)(name)
+            require_completed(self.kind.label, name, described, self.kind.status_key)
+            raise
+
+    def _final(self, name: str) -> dict:
+        described = getattr(self.hook, self.kind.describe_method)(name)
+        require_completed(self.kind.label, name, described, self.kind.status_key)
         return described
 
 
@@ -185,6 +204,22 @@ class IdempotentProcessingOperator(_IdempotentJob, SageMakerProcessingOperator):
         create = lambda: super(IdempotentProcessingOperator, self).execute(context)  # noqa: E731
         return {"Processing": serialize(self._run_idempotently(context, create))}
 
+    def execute_complete(self, context: Any, event: dict[str, Any] | None = None) -> dict:
+        """Resume after the trigger fired: check the job really completed."""
+        parent = super().execute_complete
+        described = self._resume(context, event, lambda: parent(context, event))
+        return {"Processing": serialize(described)}
+
+
+def _tuning_result(described: dict) -> dict:
+    # A tuning job can complete with every training job failed: no model to go on with.
+    if not described.get("BestTrainingJob"):
+        raise AirflowFailException(
+            f"Tuning job {described['HyperParameterTuningJobName']} finished without a best "
+            f"training job (status counters: {described.get('TrainingJobStatusCounters')})"
+        )
+    return {"Tuning": serialize(described)}
+
 
 class IdempotentTuningOperator(_IdempotentJob, SageMakerTuningOperator):
     """``SageMakerTuningOperator`` that reuses or resumes this request's tuning job on re-runs."""
@@ -194,14 +229,12 @@ class IdempotentTuningOperator(_IdempotentJob, SageMakerTuningOperator):
     def execute(self, context: Any) -> dict:
         """Reuse a completed tuning job, wait for a running one, or start the next attempt."""
         create = lambda: super(IdempotentTuningOperator, self).execute(context)  # noqa: E731
-        described = self._run_idempotently(context, create)
-        # A tuning job can complete with every training job failed: no model to go on with.
-        if not described.get("BestTrainingJob"):
-            raise AirflowFailException(
-                f"Tuning job {described['HyperParameterTuningJobName']} finished without a best "
-                f"training job (status counters: {described.get('TrainingJobStatusCounters')})"
-            )
-        return {"Tuning": serialize(described)}
+        return _tuning_result(self._run_idempotently(context, create))
+
+    def execute_complete(self, context: Any, event: dict[str, Any] | None = None) -> dict:
+        """Resume after the trigger fired: check the job really completed."""
+        parent = super().execute_complete
+        return _tuning_result(self._resume(context, event, lambda: parent(context, event)))
 
 
 def find_registered_version(conn: Any, group: str, registration_key: str) -> str | None:

@@ -76,6 +76,7 @@ def build_training_dag(config: UseCase, include_dir: Path) -> DAG:
         "aws_conn_id": aws,
         "check_interval": settings.check_interval_seconds,
         "max_ingestion_time": settings.max_job_wait_seconds,
+        "deferrable": settings.deferrable,
     }
 
     with DAG(

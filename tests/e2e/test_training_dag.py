@@ -7,6 +7,7 @@ Airflow reaches them only through its connections. Each test is a whole DAG run.
 from __future__ import annotations
 
 import json
+import shutil
 import socket
 import sqlite3
 from pathlib import Path
@@ -16,6 +17,7 @@ import pytest
 from local_stack.stack import LocalStack
 from local_stack.summary import training_summary
 
+ROOT = Path(__file__).resolve().parents[2]
 DAG_ID = "mlops_tpch_orders_training"
 GROUP = "tpch-orders-late-delivery"
 FAST = {"sagemaker_check_interval_seconds": 1}
@@ -35,11 +37,23 @@ def stack(tmp_path_factory: pytest.TempPathFactory):
         yield running
 
 
-def run_dag(stack: LocalStack, ds: str, conf: dict | None = None):
+def run_dag(stack: LocalStack, ds: str, conf: dict | None = None, env: dict | None = None):
     result = stack.airflow(
-        "dags", "test", DAG_ID, ds, "--conf", json.dumps({**FAST, **(conf or {})}), check=False
-    )
+        "dags", "test", DAG_ID, ds, "--conf", json.dumps({**FAST, **(conf or {})}),
+        check=False, extra_env=env,
+    )  # fmt: skip
     return result.returncode, result.stdout + result.stderr
+
+
+def blocking_include(tmp_path: Path) -> dict[str, str]:
+    """An include/ copy whose config waits for jobs in the worker (deferrable: false)."""
+    include = tmp_path / "include"
+    shutil.copytree(ROOT / "include", include)
+    config = include / "config" / "tpch_orders.yaml"
+    text = config.read_text()
+    assert "  deferrable: true" in text
+    config.write_text(text.replace("  deferrable: true", "  deferrable: false"))
+    return {"MLOPS_INCLUDE_DIR": str(include)}
 
 
 def job_counts(stack: LocalStack) -> dict[str, int]:
@@ -70,6 +84,7 @@ def test_run_registers_a_version_despite_throttling_and_rerun_duplicates_nothing
     )
     code, log = run_dag(stack, ds)
     assert code == 0, log[-5000:]
+    assert "running trigger in line" in log, "the shipped config waits in the triggerer"
     armed = stack.faults({"throttle": {}})
     assert all(left == 0 for left in armed["throttle"].values()), "throttles were not exercised"
 
@@ -100,10 +115,12 @@ def test_run_registers_a_version_despite_throttling_and_rerun_duplicates_nothing
     assert "already completed for this input; reusing it" in log
 
 
-def test_gate_the_model_cannot_pass_fails_and_registers_nothing(stack) -> None:
+def test_gate_the_model_cannot_pass_fails_and_registers_nothing(stack, tmp_path) -> None:
     ds = "1995-07-14"
-    code, log = run_dag(stack, ds, {"evaluation_threshold": 0.99})
+    # Also covers the blocking (non-deferrable) wait for every job.
+    code, log = run_dag(stack, ds, {"evaluation_threshold": 0.99}, blocking_include(tmp_path))
     assert code != 0
+    assert "running trigger in line" not in log
     assert "< threshold 0.99: model not registered" in log
     assert training_summary(stack, "tpch_orders", GROUP, ds)["registered_versions"] == []
 
