@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import tempfile
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -25,3 +28,18 @@ os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
 for _path in (ROOT / "plugins", ROOT):
     if str(_path) not in sys.path:
         sys.path.insert(0, str(_path))
+
+
+@pytest.fixture
+def presto_conn(presto, monkeypatch) -> dict:
+    """``presto_default`` pointing at the module's ``presto`` stand-in fixture (tpch.tiny)."""
+    conn = {
+        "conn_type": "presto",
+        "host": "127.0.0.1",
+        "port": presto.port,
+        "login": "airflow",
+        "schema": "tiny",
+        "extra": {"catalog": "tpch"},
+    }
+    monkeypatch.setenv("AIRFLOW_CONN_PRESTO_DEFAULT", json.dumps(conn))
+    return conn

@@ -176,32 +176,30 @@ class SageMakerSettings(_Strict):
         return tags
 
 
-class IntegerRange(_Strict):
+class _Range(_Strict):
+    """Shared by the numeric ranges: scaling and the min <= max check."""
+
+    scaling: Literal["Auto", "Linear", "Logarithmic", "ReverseLogarithmic"] = "Auto"
+
+    @model_validator(mode="after")
+    def _ordered(self) -> _Range:
+        if self.min > self.max:  # type: ignore[attr-defined]
+            raise ValueError(f"min {self.min} > max {self.max}")  # type: ignore[attr-defined]
+        return self
+
+
+class IntegerRange(_Range):
     """An integer hyperparameter range (inclusive)."""
 
     min: int
     max: int
-    scaling: Literal["Auto", "Linear", "Logarithmic", "ReverseLogarithmic"] = "Auto"
-
-    @model_validator(mode="after")
-    def _ordered(self) -> IntegerRange:
-        if self.min > self.max:
-            raise ValueError(f"min {self.min} > max {self.max}")
-        return self
 
 
-class ContinuousRange(_Strict):
+class ContinuousRange(_Range):
     """A continuous hyperparameter range (inclusive)."""
 
     min: float
     max: float
-    scaling: Literal["Auto", "Linear", "Logarithmic", "ReverseLogarithmic"] = "Auto"
-
-    @model_validator(mode="after")
-    def _ordered(self) -> ContinuousRange:
-        if self.min > self.max:
-            raise ValueError(f"min {self.min} > max {self.max}")
-        return self
 
 
 class Objective(_Strict):

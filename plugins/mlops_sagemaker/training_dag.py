@@ -184,7 +184,7 @@ def build_training_dag(config: UseCase, include_dir: Path) -> DAG:
             from airflow.sdk.exceptions import AirflowFailException
 
             uri = tasks.evaluation_uri(evaluation_result)
-            evaluation = json.loads(S3Hook(aws_conn_id=aws).read_key(*_split_uri(uri)))
+            evaluation = json.loads(S3Hook(aws_conn_id=aws).read_key(uri))
             params = get_current_context()["params"]
             try:
                 summary = tasks.quality_gate(config, evaluation, params.get("evaluation_threshold"))
@@ -200,9 +200,7 @@ def build_training_dag(config: UseCase, include_dir: Path) -> DAG:
             from airflow.providers.amazon.aws.hooks.s3 import S3Hook
 
             baseline_uri = tasks.processing_outputs(split_result)["baseline"]
-            baseline = json.loads(
-                S3Hook(aws_conn_id=aws).read_key(*_split_uri(baseline_uri + "baseline.json"))
-            )
+            baseline = json.loads(S3Hook(aws_conn_id=aws).read_key(baseline_uri + "baseline.json"))
             run = tasks.run_info(get_current_context())
             return tasks.plan_registration(
                 config,
@@ -241,12 +239,6 @@ def build_training_dag(config: UseCase, include_dir: Path) -> DAG:
         wait_for_data >> extract
 
     return dag
-
-
-def _split_uri(uri: str) -> tuple[str, str]:
-    """``s3://bucket/key`` -> ``(key, bucket)`` in the order ``S3Hook.read_key`` takes them."""
-    bucket, _, key = uri.removeprefix("s3://").partition("/")
-    return key, bucket
 
 
 __all__ = ["build_training_dag", "model_versions_asset"]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -322,20 +321,6 @@ def test_injected_fault_after_pages(presto):
 
 
 # -- Airflow's PrestoHook and the project's SQL ------------------------------------------------
-
-
-@pytest.fixture
-def presto_conn(presto, monkeypatch):
-    conn = {
-        "conn_type": "presto",
-        "host": "127.0.0.1",
-        "port": presto.port,
-        "login": "airflow",
-        "schema": "tiny",
-        "extra": {"catalog": "tpch"},
-    }
-    monkeypatch.setenv("AIRFLOW_CONN_PRESTO_DEFAULT", json.dumps(conn))
-    return conn
 
 
 def test_presto_hook_queries_and_parameters(presto_conn):

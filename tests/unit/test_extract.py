@@ -71,19 +71,6 @@ def s3(s3_endpoint, monkeypatch):
     client.delete_bucket(Bucket=BUCKET)
 
 
-@pytest.fixture
-def presto_conn(presto, monkeypatch):
-    conn = {
-        "conn_type": "presto",
-        "host": "127.0.0.1",
-        "port": presto.port,
-        "login": "airflow",
-        "schema": "tiny",
-        "extra": {"catalog": "tpch"},
-    }
-    monkeypatch.setenv("AIRFLOW_CONN_PRESTO_DEFAULT", json.dumps(conn))
-
-
 def training_sql(start: str, end: dt.date) -> str:
     env = jinja2.Environment(undefined=jinja2.StrictUndefined)
     env.filters["ds"] = lambda d: d.strftime("%Y-%m-%d")
