@@ -43,7 +43,8 @@ import prestodb.exceptions
 import pyarrow as pa
 import pyarrow.parquet as pq
 import requests
-from airflow.exceptions import AirflowException
+
+from mlops_sagemaker.failures import ClassifiedError, classify
 
 log = logging.getLogger(__name__)
 
@@ -51,8 +52,10 @@ PART_NAME = re.compile(r"part-\d{5,}\.parquet")
 MANIFEST_NAME = "manifest.json"
 
 
-class ExtractError(AirflowException):
-    """The extraction failed; the message says why and what to do."""
+class ExtractError(ClassifiedError):
+    """The extraction failed; the message says why and what to do (permanent by default)."""
+
+    category = "data"
 
 
 class EmptyExtractError(ExtractError):
@@ -60,7 +63,8 @@ class EmptyExtractError(ExtractError):
 
 
 class PrestoQueryFailedError(ExtractError):
-    """Presto rejected or failed the query (its error name and message are in the text)."""
+    """Presto rejected or failed the query (its error name and message are in the text); its
+    kind is the failure policy's verdict on the Presto error (user error or server trouble)."""
 
 
 class UnsupportedPrestoTypeError(ExtractError):
@@ -261,12 +265,19 @@ def start_streaming_query(cursor: Any, sql: str) -> None:
 
 
 def _presto_failure(err: Exception, label: str) -> ExtractError:
+    verdict = classify(err)
     if isinstance(err, prestodb.exceptions.PrestoQueryError):
         query_id = f" (query {err.query_id})" if err.query_id else ""
         return PrestoQueryFailedError(
-            f"Presto query failed{label}{query_id}: {err.error_name}: {err.message}"
+            f"Presto query failed{label}{query_id}: {err.error_name}: {err.message}",
+            kind=verdict.kind,
+            category=verdict.category,
         )
-    return PrestoQueryFailedError(f"Presto request failed{label}: {type(err).__name__}: {err}")
+    return PrestoQueryFailedError(
+        f"Presto request failed{label}: {verdict.message}",
+        kind=verdict.kind,
+        category=verdict.category,
+    )
 
 
 # What the Presto client raises: query errors (with Presto's error payload), HTTP errors and

@@ -8,23 +8,53 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from mlops_sagemaker.config import UseCase
+from mlops_sagemaker.failures import ClassifiedError
 from mlops_sagemaker.naming import code_key, fingerprint
 from mlops_sagemaker.sagemaker_requests import (
     CodeLocations,
     RunInfo,
     evaluation_request,
+    model_package_group_request,
     registration_request,
     split_request,
     tuning_request,
 )
 
 
-class QualityGateFailed(Exception):
-    """The evaluated model is below the threshold: it must not be registered."""
+class QualityGateFailed(ClassifiedError):
+    """The evaluated model is below the threshold: it must not be registered (permanent)."""
+
+    category = "quality-gate"
+
+
+class RunDateOutOfRange(ClassifiedError):
+    """A run's logical date is outside the config's schedule range (permanent)."""
+
+    category = "config"
+
+
+def check_run_date(config: UseCase, logical_date: datetime | None) -> str:
+    """The run date (``YYYY-MM-DD``) if within ``schedule.start_date`` … ``end_date``.
+
+    Manual runs and backfills for other dates fail loudly: the config's range is where the
+    use case has data (for TPC-H 1992-01-01 … 1998-08-02); widen it to run elsewhere."""
+    if logical_date is None:
+        raise RunDateOutOfRange("This DAG needs a logical date (run date); the run has none.")
+    day = logical_date.date()
+    start, end = config.schedule.start_date, config.schedule.end_date
+    if day < start or (end is not None and day > end):
+        allowed = f"{start} … {end}" if end else f"from {start}"
+        raise RunDateOutOfRange(
+            f"Run date {day} is outside the configured range {allowed} (schedule.start_date/"
+            f"end_date of use case {config.use_case}): nothing was run. Pick a date in the "
+            "range, or widen the range in the config."
+        )
+    return day.isoformat()
 
 
 def run_info(context: Mapping[str, Any]) -> RunInfo:
@@ -222,4 +252,5 @@ def plan_registration(
         "package_group_name": request["ModelPackageGroupName"],
         "package_desc": request["ModelPackageDescription"],
         "extras": request,
+        "package_group": model_package_group_request(config),
     }

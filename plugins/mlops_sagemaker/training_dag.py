@@ -9,23 +9,25 @@ Nothing here touches the network at parse time.
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import jinja2
-from airflow.providers.common.sql.sensors.sql import SqlSensor
-from airflow.sdk import DAG, Asset, Param, get_current_context, task
-from airflow.timetables.interval import CronDataIntervalTimetable
+from airflow.sdk import DAG, Asset, AssetAlias, Param, get_current_context, task
 
 from mlops_sagemaker import tasks
 from mlops_sagemaker.config import UseCase
+from mlops_sagemaker.failures import apply_policy
 from mlops_sagemaker.operators import (
     CHECK_INTERVAL_PARAM,
+    DataArrivalSensor,
     IdempotentProcessingOperator,
     IdempotentRegisterModelVersionOperator,
     IdempotentTuningOperator,
     PrestoToS3Operator,
 )
+from mlops_sagemaker.timetables import RangedCronDataIntervalTimetable
 
 
 def model_versions_asset(config: UseCase) -> Asset:
@@ -35,6 +37,11 @@ def model_versions_asset(config: UseCase) -> Asset:
         uri=f"sagemaker://model-package-group/{config.registry.model_package_group}",
         group="mlops",
     )
+
+
+def new_model_version_alias(config: UseCase) -> AssetAlias:
+    """The alias ``register`` adds the model-versions Asset event to, only for a new version."""
+    return AssetAlias(name=f"mlops.{config.use_case}.new_model_version", group="mlops")
 
 
 def _doc(config: UseCase) -> str:
@@ -83,13 +90,12 @@ def build_training_dag(config: UseCase, include_dir: Path) -> DAG:
         dag_id=f"mlops_{config.use_case}_training",
         description=f"Retrain, evaluate and register the {config.use_case} model",
         doc_md=_doc(config),
-        schedule=CronDataIntervalTimetable(schedule.cron, timezone="UTC"),
-        start_date=datetime.combine(schedule.start_date, datetime.min.time(), UTC),
-        end_date=(
-            datetime.combine(schedule.end_date, datetime.min.time(), UTC)
-            if schedule.end_date
-            else None
+        # The date range lives on the timetable, not the DAG (see timetables.py): a manual run
+        # outside it then fails in check_run_date instead of "succeeding" with no task run.
+        schedule=RangedCronDataIntervalTimetable(
+            schedule.cron, "UTC", schedule.start_date, schedule.end_date
         ),
+        start_date=None,
         catchup=schedule.catchup,
         max_active_runs=schedule.max_active_runs,
         tags=["mlops", config.use_case, "training"],
@@ -121,9 +127,13 @@ def build_training_dag(config: UseCase, include_dir: Path) -> DAG:
             "owner": config.owner,
             "retries": schedule.retries,
             "retry_delay": timedelta(seconds=schedule.retry_delay_seconds),
+            # Only transient failures reach a retry (failures.py): back off exponentially.
+            "retry_exponential_backoff": 2.0,
+            "max_retry_delay": timedelta(seconds=schedule.max_retry_delay_seconds),
         },
     ) as dag:
-        wait_for_data = SqlSensor(
+        check = check_run_date_task(config)
+        wait_for_data = DataArrivalSensor(
             task_id="wait_for_data",
             conn_id=presto,
             sql=config.source.data_arrival_query,
@@ -148,22 +158,26 @@ def build_training_dag(config: UseCase, include_dir: Path) -> DAG:
         )
 
         @task
+        @apply_policy
         def stage_code() -> dict[str, str]:
             """Upload the content-addressed step code; resolve the container image."""
             return tasks.stage_code(config, step_code_dir, aws)
 
         @task
+        @apply_policy
         def plan_split(staged: dict, manifest: dict) -> dict:
             """Build the split processing job request."""
             return tasks.plan_split(config, tasks.run_info(get_current_context()), staged, manifest)
 
         @task
+        @apply_policy
         def plan_tuning(staged: dict, split_result: dict) -> dict:
             """Build the tuning job request from the split's outputs."""
             run = tasks.run_info(get_current_context())
             return tasks.plan_tuning(config, run, staged, split_result)
 
         @task
+        @apply_policy
         def best_model(tuning_result: dict) -> dict:
             """Name, objective and artifact of the tuning job's best training job."""
             from airflow.providers.amazon.aws.hooks.sagemaker import SageMakerHook
@@ -172,27 +186,26 @@ def build_training_dag(config: UseCase, include_dir: Path) -> DAG:
             return tasks.best_model(tuning_result, hook.describe_training_job)
 
         @task
+        @apply_policy
         def plan_evaluation(staged: dict, split_result: dict, model: dict) -> dict:
             """Build the evaluation processing job request."""
             run = tasks.run_info(get_current_context())
             return tasks.plan_evaluation(config, run, staged, split_result, model)
 
         @task(retries=0)
+        @apply_policy
         def quality_gate(evaluation_result: dict) -> dict:
             """Fail (without retries) unless the model reaches the threshold."""
             from airflow.providers.amazon.aws.hooks.s3 import S3Hook
-            from airflow.sdk.exceptions import AirflowFailException
 
             uri = tasks.evaluation_uri(evaluation_result)
             evaluation = json.loads(S3Hook(aws_conn_id=aws).read_key(uri))
             params = get_current_context()["params"]
-            try:
-                summary = tasks.quality_gate(config, evaluation, params.get("evaluation_threshold"))
-            except tasks.QualityGateFailed as err:
-                raise AirflowFailException(str(err)) from err
+            summary = tasks.quality_gate(config, evaluation, params.get("evaluation_threshold"))
             return {**summary, "evaluation_uri": uri}
 
         @task
+        @apply_policy
         def plan_registration(
             staged: dict, model: dict, gate: dict, manifest: dict, split_result: dict
         ) -> dict:
@@ -234,11 +247,26 @@ def build_training_dag(config: UseCase, include_dir: Path) -> DAG:
             package_group_name=registration["package_group_name"],
             package_desc=registration["package_desc"],
             extras=registration["extras"],
-            outlets=[model_versions_asset(config)],
+            package_group=registration["package_group"],
+            outlets=[new_model_version_alias(config)],
+            new_version_asset=model_versions_asset(config),
         )
-        wait_for_data >> extract
+        check >> wait_for_data >> extract
 
     return dag
 
 
-__all__ = ["build_training_dag", "model_versions_asset"]
+def check_run_date_task(config: UseCase) -> Any:
+    """A task failing loudly when the run's logical date is outside the configured range."""
+
+    @task(task_id="check_run_date", retries=0)
+    @apply_policy
+    def check_run_date() -> str:
+        """Fail (no retries) unless the run date is within schedule.start_date/end_date."""
+        context = get_current_context()
+        return tasks.check_run_date(config, context["logical_date"])
+
+    return check_run_date().operator
+
+
+__all__ = ["build_training_dag", "check_run_date_task", "model_versions_asset"]

@@ -33,6 +33,8 @@ dags = {
         "retries": {t.task_id: t.retries for t in dag.tasks},
         "params": sorted(dag.params.keys()),
         "owner": dag.owner,
+        "description": dag.description,
+        "doc": dag.doc_md or "",
     }
     for dag_id, dag in bag.dags.items()
 }
@@ -81,7 +83,7 @@ def test_training_dag_shape_and_ui_metadata(parsed: dict) -> None:
     assert dag["owner"] == "data-engineering"
     assert {"evaluation_threshold", "sagemaker_check_interval_seconds"} <= set(dag["params"])
     expected = [
-        "wait_for_data", "extract", "stage_code", "plan_split", "split", "plan_tuning", "tune",
+        "check_run_date", "wait_for_data", "extract", "stage_code", "plan_split", "split", "plan_tuning", "tune",
         "best_model", "plan_evaluation", "evaluate", "quality_gate", "plan_registration",
         "register",
     ]  # fmt: skip
@@ -90,19 +92,57 @@ def test_training_dag_shape_and_ui_metadata(parsed: dict) -> None:
     assert dag["retries"]["quality_gate"] == 0, "a failed gate must not be retried"
 
 
-def test_config_typo_fails_dag_import_naming_the_field(tmp_path: Path) -> None:
+def _include_with(tmp_path: Path, files: dict[str, str]) -> Path:
     include = tmp_path / "include"
     (include / "config").mkdir(parents=True)
-    text = (ROOT / "include/config/tpch_orders.yaml").read_text()
-    assert "  max_parallel_jobs: 2" in text
-    typo = text.replace("  max_parallel_jobs: 2", "  max_paralel_jobs: 2")
-    (include / "config" / "tpch_orders.yaml").write_text(typo)
+    for name, text in files.items():
+        (include / "config" / name).write_text(text)
+    return include
+
+
+SHIPPED = (ROOT / "include/config/tpch_orders.yaml").read_text()
+
+
+def test_config_typo_shows_a_config_error_dag_naming_the_file_and_field(tmp_path: Path) -> None:
+    assert "  max_parallel_jobs: 2" in SHIPPED
+    typo = SHIPPED.replace("  max_parallel_jobs: 2", "  max_paralel_jobs: 2")
+    include = _include_with(tmp_path, {"tpch_orders.yaml": typo})
     parsed = parse_dags(ROOT / "dags", {"MLOPS_INCLUDE_DIR": str(include)})
-    assert parsed["dags"] == {}
-    (message,) = parsed["errors"].values()
-    assert "tpch_orders.yaml" in message
-    assert "tuning.max_paralel_jobs" in message
-    assert "tuning.max_parallel_jobs" in message  # the now-missing required field
+    assert parsed["errors"] == {}
+    assert set(parsed["dags"]) == {"mlops_tpch_orders_config_error"}
+    dag = parsed["dags"]["mlops_tpch_orders_config_error"]
+    assert dag["description"].startswith("INVALID CONFIG:")
+    assert "tpch_orders.yaml" in dag["description"]
+    assert "tuning.max_paralel_jobs" in dag["doc"]
+    assert "tuning.max_parallel_jobs" in dag["doc"]  # the now-missing required field
+    assert "config-error" in dag["tags"]
+
+
+def test_one_bad_file_hides_no_other_use_case(tmp_path: Path) -> None:
+    bad = (
+        SHIPPED.replace("use_case: tpch_orders", "use_case: zz_bad")
+        .replace("short_name: tpch-ord", "short_name: zz-bad")
+        .replace("threshold: 0.7", "threshold: seven")
+    )
+    include = _include_with(tmp_path, {"tpch_orders.yaml": SHIPPED, "zz_bad.yaml": bad})
+    parsed = parse_dags(ROOT / "dags", {"MLOPS_INCLUDE_DIR": str(include)})
+    assert set(parsed["dags"]) == {"mlops_tpch_orders_training", "mlops_zz_bad_config_error"}
+    assert "evaluation.threshold" in parsed["dags"]["mlops_zz_bad_config_error"]["doc"]
+
+
+def test_yml_files_are_use_cases_too(tmp_path: Path) -> None:
+    include = _include_with(tmp_path, {"tpch_orders.yml": SHIPPED})
+    parsed = parse_dags(ROOT / "dags", {"MLOPS_INCLUDE_DIR": str(include)})
+    assert set(parsed["dags"]) == {"mlops_tpch_orders_training"}
+
+
+def test_invalid_cron_names_schedule_cron(tmp_path: Path) -> None:
+    bad = SHIPPED.replace('cron: "@daily"', 'cron: "0 25 * * *"')
+    assert bad != SHIPPED
+    include = _include_with(tmp_path, {"tpch_orders.yaml": bad})
+    parsed = parse_dags(ROOT / "dags", {"MLOPS_INCLUDE_DIR": str(include)})
+    doc = parsed["dags"]["mlops_tpch_orders_config_error"]["doc"]
+    assert "schedule.cron" in doc and "0 25 * * *" in doc
 
 
 def test_docker_compose_declares_the_stack() -> None:

@@ -68,25 +68,26 @@ def test_code_bundle_needs_code(tmp_path: Path) -> None:
 
 
 def test_only_completed_jobs_feed_the_next_step() -> None:
-    from airflow.sdk.exceptions import AirflowFailException
-
+    from mlops_sagemaker.failures import JobFailed, Kind
     from mlops_sagemaker.operators import require_completed
 
     require_completed("processing", "j", {"S": "Completed"}, "S")
-    with pytest.raises(RuntimeError, match="ended Stopped: MaxRuntimeExceeded"):
+    with pytest.raises(JobFailed, match="ended Stopped: MaxRuntimeExceeded") as stopped:
         require_completed(
             "processing", "j", {"S": "Stopped", "FailureReason": "MaxRuntimeExceeded"}, "S"
         )
+    assert stopped.value.kind is Kind.TRANSIENT
     # The script's own error: retrying the same job cannot help, so no retries.
-    with pytest.raises(AirflowFailException, match="AlgorithmError: label has one class"):
+    with pytest.raises(JobFailed, match="AlgorithmError: label has one class") as script:
         require_completed(
             "processing",
             "j",
             {"S": "Failed", "FailureReason": "AlgorithmError: label has one class"},
             "S",
         )
-    with pytest.raises(RuntimeError, match="InternalServerError") as err:
+    assert script.value.kind is Kind.PERMANENT
+    with pytest.raises(JobFailed, match="InternalServerError") as server:
         require_completed(
             "tuning", "j", {"S": "Failed", "FailureReason": "InternalServerError"}, "S"
         )
-    assert not isinstance(err.value, AirflowFailException)
+    assert server.value.kind is Kind.TRANSIENT
