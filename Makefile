@@ -5,6 +5,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 UV_VERSION := 0.13.9
 STAMP := $(VENV)/.installed
+# One venv per SageMaker scikit-learn image (its Python and exact packages), see local_stack/images.py.
+IMAGES_TABLE := plugins/mlops_sagemaker/sklearn_images.toml
+IMAGES_STAMP := .venv-images/.installed
 
 .PHONY: install test lint format demo ui bench clean
 
@@ -14,7 +17,11 @@ $(STAMP): requirements.txt requirements-dev.txt constraints.txt
 	$(BIN)/uv pip install --quiet --python $(BIN)/python -r requirements-dev.txt -c constraints.txt
 	touch $(STAMP)
 
-install: $(STAMP)
+$(IMAGES_STAMP): $(STAMP) $(IMAGES_TABLE) local_stack/images.py
+	$(BIN)/python -m local_stack.images build
+	touch $(IMAGES_STAMP)
+
+install: $(STAMP) $(IMAGES_STAMP)
 
 lint: install
 	$(BIN)/ruff format --check .

@@ -9,15 +9,31 @@ end-to-end tests. The stack is two processes on loopback ports:
 
 Airflow finds them only through connections set as environment variables
 (``AIRFLOW_CONN_AWS_DEFAULT`` with ``endpoint_url``, ``AIRFLOW_CONN_PRESTO_DEFAULT``), with a
-SQLite metadata database under ``.local/airflow``. The credentials are dummies.
+SQLite metadata database under ``.local/airflow``. The AWS credentials are dummies. Presto is
+reached the way a real cluster with users is: HTTPS (the stand-in's self-signed certificate under
+``.local/presto-tls/ca.pem``, given as the connection's ``verify`` extra) and basic
+authentication as ``airflow`` with ``PRESTO_PASSWORD`` or, by default, a random password made
+per start. The password travels in environment variables only (never on a command line);
+Airflow masks connection passwords in task logs.
+
+The AWS endpoint keeps its state (S3, SageMaker jobs, the model registry) in
+``<home>/sagemaker`` across restarts; ``clean=True`` (``LOCAL_STACK_CLEAN=1``, ``make clean``)
+starts it empty. ``home`` defaults to ``LOCAL_STACK_HOME`` or ``.local``. Every service runs in
+its own process group, and ``stop()`` ends each group (SIGTERM, then SIGKILL after 15 s), so
+no child process outlives the stack.
 """
 
 from __future__ import annotations
 
+import base64
+import contextlib
 import json
 import os
+import secrets
 import shutil
+import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -52,21 +68,79 @@ def _wait_until(check, what: str, timeout: float, proc: subprocess.Popen) -> Non
     raise TimeoutError(f"{what} not ready after {timeout:.0f}s")
 
 
+def _members(leader: int) -> set[int]:
+    """The processes started under ``leader``: its session and its descendants (Linux /proc;
+    empty elsewhere). Airflow's task workers move into process groups of their own, so killing
+    the leader's group alone misses them."""
+    table: dict[int, tuple[int, int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()  # state ppid pgrp session ...
+        except OSError:
+            continue
+        table[int(stat.parent.name)] = (int(fields[1]), int(fields[4]))
+    found = {pid for pid, (_, sid) in table.items() if sid == leader}
+    todo = [leader]
+    while todo:
+        parent = todo.pop()
+        for pid, (ppid, _) in table.items():
+            if ppid == parent and pid not in found:
+                found.add(pid)
+                todo.append(pid)
+    found.discard(leader)
+    return found
+
+
+def _signal_all(leader: int, members: set[int], sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(leader, sig)
+    for pid in members:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, sig)
+
+
+def _end_group(proc: subprocess.Popen, sig: int, timeout: float = 15) -> None:
+    """Send ``sig`` to the process group led by ``proc`` (started with a session of its own)
+    and to every process of its session or below it, wait for the leader, then SIGKILL
+    whatever is left (children that outlive a leader's clean exit, or a leader that did not
+    exit in time)."""
+    members = _members(proc.pid)
+    _signal_all(proc.pid, members, sig)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=timeout)
+    _signal_all(proc.pid, members | _members(proc.pid), signal.SIGKILL)
+    proc.wait()
+
+
 @dataclass
 class LocalStack:
     """The running stack: ports, folders and the environment Airflow needs to use it."""
 
     presto_port: int = int(os.environ.get("PRESTO_PORT", "18080"))
     aws_port: int = int(os.environ.get("AWS_ENDPOINT_PORT", "4566"))
-    home: Path = field(default_factory=lambda: ROOT / ".local")
+    home: Path = field(
+        default_factory=lambda: Path(os.environ.get("LOCAL_STACK_HOME") or ROOT / ".local")
+    )
     bucket: str = "mlops-local"
     presto_schemas: str = "tiny"
+    presto_user: str = "airflow"
+    presto_password: str = field(
+        default_factory=lambda: os.environ.get("PRESTO_PASSWORD") or secrets.token_urlsafe(24),
+        repr=False,
+    )
+    clean: bool = field(default_factory=lambda: os.environ.get("LOCAL_STACK_CLEAN") == "1")
     _procs: list[subprocess.Popen] = field(default_factory=list)
+    _aws: subprocess.Popen | None = None
 
     @property
     def aws_url(self) -> str:
         """The local AWS endpoint URL (``endpoint_url`` of the Airflow AWS connection)."""
         return f"http://127.0.0.1:{self.aws_port}"
+
+    @property
+    def presto_ca_path(self) -> Path:
+        """The stand-in's self-signed certificate (written when it starts)."""
+        return self.home / "presto-tls" / "ca.pem"
 
     @property
     def airflow_home(self) -> Path:
@@ -89,11 +163,21 @@ class LocalStack:
             "conn_type": "presto",
             "host": "127.0.0.1",
             "port": self.presto_port,
-            "login": "airflow",
+            "login": self.presto_user,
+            "password": self.presto_password,
             "schema": "tiny",
-            "extra": {"catalog": "tpch", "protocol": "http"},
+            # PrestoHook: `protocol` is the client's http_scheme; `verify` (a CA file path or a
+            # boolean) is set on the client's requests session.
+            "extra": {"catalog": "tpch", "protocol": "https", "verify": str(self.presto_ca_path)},
         }
-        env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW_CONN_")}
+        # requests lets REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE override a session's `verify`
+        # (psf/requests issue 3829), which is where PrestoHook puts the connection's `verify`.
+        dropped = ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE")
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith("AIRFLOW_CONN_") and k not in dropped
+        }
         env.update(
             {
                 "AIRFLOW_HOME": str(self.airflow_home),
@@ -123,37 +207,37 @@ class LocalStack:
             aws_secret_access_key=DUMMY_KEY,
         )
 
-    def _spawn(self, name: str, args: list[str]) -> subprocess.Popen:
+    def _spawn(
+        self, name: str, args: list[str], env: dict[str, str] | None = None
+    ) -> subprocess.Popen:
         logs = self.home / "logs"
         logs.mkdir(parents=True, exist_ok=True)
         with open(logs / f"{name}.log", "ab") as log:
-            proc = subprocess.Popen(
+            return self.spawn(
                 [sys.executable, "-m", *args],
-                cwd=ROOT,
+                {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})},
                 stdout=log,
-                stderr=subprocess.STDOUT,
-                env={**os.environ, "PYTHONPATH": str(ROOT)},
-                start_new_session=True,
             )
+
+    def spawn(self, argv: list[str], env: dict[str, str], stdout: Any = None) -> subprocess.Popen:
+        """Start ``argv`` in a process group of its own that ``stop()`` ends with the stack."""
+        proc = subprocess.Popen(
+            argv, cwd=ROOT, stdout=stdout, stderr=subprocess.STDOUT, env=env,
+            start_new_session=True,
+        )  # fmt: skip
         self._procs.append(proc)
         return proc
 
-    def start(self) -> LocalStack:
-        """Start both services, wait until they answer, create the bucket."""
-        for port, what in ((self.presto_port, "PRESTO_PORT"), (self.aws_port, "AWS_ENDPOINT_PORT")):
-            if not _free(port):
-                raise RuntimeError(f"port {port} is in use: set {what} to a free port")
-        workdir = self.home / "sagemaker"
-        shutil.rmtree(workdir, ignore_errors=True)
-        presto = self._spawn(
-            "presto-standin",
-            ["local_stack.presto_standin", "--port", str(self.presto_port),
-             "--schemas", self.presto_schemas, "--eager", "tiny"],
-        )  # fmt: skip
-        aws = self._spawn(
-            "aws-endpoint",
-            ["local_stack.aws_endpoint", "--port", str(self.aws_port), "--workdir", str(workdir)],
-        )
+    @property
+    def aws_workdir(self) -> Path:
+        """The AWS endpoint's work folder: job folders and its saved state."""
+        return self.home / "sagemaker"
+
+    def start_aws(self, clean: bool = False) -> None:
+        """Start the local AWS endpoint (on its saved state unless ``clean``) and wait for it."""
+        args = ["local_stack.aws_endpoint", "--port", str(self.aws_port)]
+        args += ["--workdir", str(self.aws_workdir), *(["--clean"] if clean else [])]
+        self._aws = aws = self._spawn("aws-endpoint", args)
         _wait_until(
             lambda: (
                 urllib.request.urlopen(f"{self.aws_url}/_local/health", timeout=2).status == 200
@@ -162,27 +246,50 @@ class LocalStack:
             60,
             aws,
         )
-        presto_info = f"http://127.0.0.1:{self.presto_port}/v1/info"
-        _wait_until(
-            lambda: urllib.request.urlopen(presto_info, timeout=2).status == 200,
-            "Presto stand-in",
-            120,
-            presto,
-        )
+
+    def restart_aws(self, sig: int = signal.SIGTERM) -> None:
+        """End the AWS endpoint with ``sig`` (SIGKILL: a crash) and start it again on its
+        saved state."""
+        assert self._aws is not None, "the stack is not started"
+        _end_group(self._aws, sig)
+        self._procs.remove(self._aws)
+        self.start_aws()
+
+    def start(self) -> LocalStack:
+        """Start both services, wait until they answer, create the bucket."""
+        for port, what in ((self.presto_port, "PRESTO_PORT"), (self.aws_port, "AWS_ENDPOINT_PORT")):
+            if not _free(port):
+                raise RuntimeError(f"port {port} is in use: set {what} to a free port")
+        shutil.rmtree(self.presto_ca_path.parent, ignore_errors=True)
+        presto = self._spawn(
+            "presto-standin",
+            ["local_stack.presto_standin", "--port", str(self.presto_port),
+             "--schemas", self.presto_schemas, "--eager", "tiny",
+             "--tls", "--tls-dir", str(self.presto_ca_path.parent)],
+            env={"PRESTO_STANDIN_USERS": f"{self.presto_user}:{self.presto_password}"},
+        )  # fmt: skip
+        self.start_aws(clean=self.clean)
+        _wait_until(self._presto_answers, "Presto stand-in", 120, presto)
         s3 = self.client("s3")
-        s3.create_bucket(Bucket=self.bucket)
+        if self.bucket not in {b["Name"] for b in s3.list_buckets()["Buckets"]}:
+            s3.create_bucket(Bucket=self.bucket)  # kept from an earlier start otherwise
         return self
 
+    def _presto_answers(self) -> bool:
+        """True once the stand-in answers an authenticated HTTPS request (OSError before)."""
+        context = ssl.create_default_context(cafile=self.presto_ca_path)
+        token = base64.b64encode(f"{self.presto_user}:{self.presto_password}".encode()).decode()
+        request = urllib.request.Request(
+            f"https://127.0.0.1:{self.presto_port}/v1/info",
+            headers={"Authorization": f"Basic {token}"},
+        )
+        with urllib.request.urlopen(request, timeout=2, context=context) as response:
+            return response.status == 200
+
     def stop(self) -> None:
-        """Terminate what ``start`` started."""
+        """End every process group ``start``/``spawn`` started, newest first."""
         for proc in reversed(self._procs):
-            if proc.poll() is None:
-                proc.terminate()
-        for proc in self._procs:
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+            _end_group(proc, signal.SIGTERM)
         self._procs.clear()
 
     def __enter__(self) -> LocalStack:

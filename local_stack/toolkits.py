@@ -9,7 +9,9 @@ local SageMaker runtime:
   (``python -m sagemaker_training.cli.train``, the container's ``train`` command) in a
   subprocess with ``SAGEMAKER_BASE_DIR`` pointing at that folder. The toolkit copies the code,
   turns hyperparameters into ``--name value`` arguments, sets the ``SM_*`` variables, runs the
-  script with this interpreter and writes ``output/failure`` or ``output/success``. For callers
+  script with the toolkit's interpreter (``python``: an image venv's, see
+  ``local_stack/images.py``; default this one) and writes ``output/failure`` or
+  ``output/success``. For callers
   with their own process runner, the steps are available separately:
   :func:`prepare_training_dir`, :func:`training_command`, :func:`training_environment`,
   :func:`collect_training_result`.
@@ -17,8 +19,11 @@ local SageMaker runtime:
   ``output_fn``) through the ``sagemaker-inference`` toolkit's ``Transformer`` exactly as the
   serving container does, and answers invocations with ``(status, content type, body)``.
 
-Facts about the toolkits that shape this module (sagemaker-training 5.x, sagemaker-inference
-1.10):
+This module runs inside the image venvs too (the serving worker and the step-code tests
+import it there), so it must stay compatible with the oldest image's Python (3.9).
+
+Facts about the toolkits that shape this module (sagemaker-training 4.8.0 and
+sagemaker-inference 1.2.0 as the images ship them; also checked with 5.1 and 1.10):
 
 * ``sagemaker_training.environment`` reads ``SAGEMAKER_BASE_DIR`` once, at import time (and
   creates a folder under ``~/sagemaker_local`` when neither it nor ``/opt/ml`` exists): one job
@@ -40,7 +45,8 @@ Facts about the toolkits that shape this module (sagemaker-training 5.x, sagemak
   (``inference.py`` -> ``inference``) through ``sys.path``/``sys.modules``, once, at the first
   request; it decodes the body to ``str`` only for exactly ``application/json`` and
   ``text/csv``; it maps a ``BaseInferenceToolkitError`` to its ``status_code`` and any other
-  exception to 500, with ``message + traceback`` as the body.
+  exception to 500 (1.10 adds the traceback to the body). ``validate_and_initialize`` takes a
+  ``context`` from 1.10 on; 1.2.0 takes ``model_dir`` only.
 """
 
 from __future__ import annotations
@@ -48,6 +54,7 @@ from __future__ import annotations
 import contextlib
 import gzip
 import importlib
+import inspect
 import io
 import json
 import os
@@ -251,20 +258,24 @@ def prepare_training_dir(
     return layout
 
 
-def training_command() -> list[str]:
-    """The container's ``train`` command: the toolkit's CLI on this interpreter."""
-    return [sys.executable, "-m", "sagemaker_training.cli.train"]
+def training_command(python: str | Path | None = None) -> list[str]:
+    """The container's ``train`` command: the toolkit's CLI on ``python`` (the image venv's
+    interpreter; default: this one)."""
+    return [str(python or sys.executable), "-m", "sagemaker_training.cli.train"]
 
 
 def training_environment(
-    layout: TrainingLayout, env: Mapping[str, str] | None = None, job_name: str | None = None
+    layout: TrainingLayout,
+    env: Mapping[str, str] | None = None,
+    job_name: str | None = None,
+    base: Mapping[str, str] | None = None,
 ) -> dict[str, str]:
-    """Environment of the toolkit process: this process's, minus toolkit variables, plus
-    ``SAGEMAKER_BASE_DIR`` and ``env`` (e.g. the request's ``Environment``, or
+    """Environment of the toolkit process: ``base`` (default: this process's), minus toolkit
+    variables, plus ``SAGEMAKER_BASE_DIR`` and ``env`` (e.g. the request's ``Environment``, or
     ``S3_ENDPOINT_URL`` and credentials when the code is an ``s3://`` URI)."""
     result = {
         k: v
-        for k, v in os.environ.items()
+        for k, v in (os.environ if base is None else base).items()
         if not k.startswith(_LEAKY_PREFIXES) and k not in _LEAKY_NAMES
     }
     result["SAGEMAKER_BASE_DIR"] = str(layout.base_dir)
@@ -311,13 +322,15 @@ def run_training_job(
     job_name: str | None = None,
     channel_config: Mapping[str, Mapping[str, Any]] | None = None,
     link_channels: bool = False,
+    python: str | Path | None = None,
 ) -> TrainingRunResult:
     """Run one training job through the real ``sagemaker-training`` toolkit; wait for it.
 
     Returns the exit code, the combined stdout/stderr, the failure message (from
     ``output/failure``) and the artifact folders; the model files are in ``model_dir``
     (pack them with :func:`make_model_tarball`). On ``timeout`` (seconds) the process group is
-    terminated and ``timed_out`` is set.
+    terminated and ``timed_out`` is set. ``python`` runs the toolkit (default: this
+    interpreter).
     """
     layout = prepare_training_dir(
         base_dir,
@@ -330,7 +343,7 @@ def run_training_job(
         link_channels=link_channels,
     )
     process = subprocess.Popen(
-        training_command(),
+        training_command(python),
         cwd=layout.base_dir,
         env=training_environment(layout, env, job_name),
         stdin=subprocess.DEVNULL,
@@ -570,9 +583,11 @@ class InferenceSession:
         context = _ServingContext(self.model_dir, {})
         with self._scope():
             try:
-                self._transformer.validate_and_initialize(
-                    model_dir=str(self.model_dir), context=context
-                )
+                initialize = self._transformer.validate_and_initialize
+                if "context" in inspect.signature(initialize).parameters:
+                    initialize(model_dir=str(self.model_dir), context=context)
+                else:
+                    initialize(model_dir=str(self.model_dir))
             except Exception as exc:
                 raise ModelLoadError(
                     f"loading {self.program} from {self.code_dir} with model {self.model_dir} "

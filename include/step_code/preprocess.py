@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import inspect
 import json
 import math
 import sys
@@ -307,9 +308,18 @@ def build_baseline(
 # --------------------------------------------------------------------------- main
 
 
+# pandas renamed ``line_terminator`` to ``lineterminator`` in 1.5 and removed the old name in
+# 2.0; the images ship pandas 1.1.3 (1.2-1) and 2.3.2 (1.4-2), see sklearn_images.toml.
+_LINE_TERMINATOR_ARG = (
+    "lineterminator"
+    if "lineterminator" in inspect.signature(pd.DataFrame.to_csv).parameters
+    else "line_terminator"
+)
+
+
 def _write_csv(frame: pd.DataFrame, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    frame.to_csv(path, index=False, lineterminator="\n")
+    frame.to_csv(path, index=False, **{_LINE_TERMINATOR_ARG: "\n"})
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:

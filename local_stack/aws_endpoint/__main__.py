@@ -1,4 +1,8 @@
-"""``python -m local_stack.aws_endpoint``: serve the local AWS endpoint until interrupted."""
+"""``python -m local_stack.aws_endpoint``: serve the local AWS endpoint until interrupted.
+
+With ``--workdir`` the endpoint keeps its state there across restarts (``--clean`` starts
+empty, ``--no-persist`` keeps it in memory only); without, it works in a temporary folder.
+"""
 
 from __future__ import annotations
 
@@ -18,10 +22,24 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=4566)
     parser.add_argument("--workdir", type=Path, default=None, help="where jobs keep their files")
     parser.add_argument("--max-parallel-containers", type=int, default=None)
+    parser.add_argument(
+        "--clean", action="store_true", help="empty the work dir first (forget the saved state)"
+    )
+    parser.add_argument(
+        "--no-persist",
+        action="store_true",
+        help="keep the state in memory only (by default it is saved in WORKDIR/state)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     endpoint = LocalAwsEndpoint(
-        args.host, args.port, args.workdir, args.max_parallel_containers, log_requests=True
+        args.host,
+        args.port,
+        args.workdir,
+        args.max_parallel_containers,
+        log_requests=True,
+        persist=args.workdir is not None and not args.no_persist,
+        clean=args.clean and args.workdir is not None,
     )
     endpoint.start()
     print(f"local AWS endpoint ready on {endpoint.url}", flush=True)

@@ -1,4 +1,9 @@
-"""Run the Presto stand-in: ``python -m local_stack.presto_standin --port 8080``."""
+"""Run the Presto stand-in: ``python -m local_stack.presto_standin --port 8080``.
+
+HTTPS with users: ``PRESTO_STANDIN_USERS=airflow:secret python -m local_stack.presto_standin
+--tls --tls-dir .local/presto-tls`` (passwords come from the environment, never the command line;
+the certificate to trust is ``<tls-dir>/ca.pem``).
+"""
 
 from __future__ import annotations
 
@@ -10,6 +15,7 @@ import threading
 from types import FrameType
 
 from .catalog import SCALE_FACTORS
+from .security import USERS_ENV, users_from_env
 from .server import PrestoStandin
 
 
@@ -32,6 +38,8 @@ def main(argv: list[str] | None = None) -> int:
         help="comma-separated schemas to generate at start (others: on first use)",
     )
     parser.add_argument("--page-rows", type=int, default=1000, help="rows per result page")
+    parser.add_argument("--tls", action="store_true", help="serve HTTPS (self-signed certificate)")
+    parser.add_argument("--tls-dir", help="where to write ca.pem and key.pem (default: temporary)")
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
 
@@ -40,12 +48,24 @@ def main(argv: list[str] | None = None) -> int:
     )
     schemas = tuple(s.strip() for s in args.schemas.split(",") if s.strip())
     eager = tuple(s.strip() for s in args.eager.split(",") if s.strip())
+    users = users_from_env()
+    if users and not args.tls:
+        parser.error(f"{USERS_ENV} is set: password authentication requires --tls, as in Presto")
     standin = PrestoStandin(
-        args.host, args.port, schemas=schemas, page_rows=args.page_rows, eager_schemas=eager
+        args.host,
+        args.port,
+        schemas=schemas,
+        page_rows=args.page_rows,
+        eager_schemas=eager,
+        users=users,
+        tls=args.tls,
+        tls_dir=args.tls_dir,
     )
     standin.start()
+    trust = f", certificate {standin.ca_path}" if standin.ca_path else ""
     print(
-        f"Presto stand-in listening on {standin.url} (catalog tpch, schemas {', '.join(schemas)})",
+        f"Presto stand-in listening on {standin.url} (catalog tpch, schemas {', '.join(schemas)}"
+        f"{trust})",
         flush=True,
     )
     stopped = threading.Event()

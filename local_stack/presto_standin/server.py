@@ -15,6 +15,10 @@ Protocol as implemented (the subset ``presto-python-client`` and Airflow's ``Pre
 * ``DELETE nextUri`` or ``DELETE /v1/query/{id}`` cancel the query (``204``); a later ``GET``
   answers ``USER_CANCELED`` / ``Query was canceled``. Unknown queries answer ``404``.
 * ``GET /v1/info`` and ``/v1/info/state`` for health checks, ``GET /v1/query/{id}`` for a summary.
+* With ``users`` the server speaks HTTPS only (a self-signed certificate made at start, its PEM
+  at :attr:`PrestoStandin.ca_path`) and every request needs HTTP basic authentication; answers
+  to missing or wrong credentials are Presto's 401s (see ``security.py``).
+* Every statement is checked against Presto's grammar (``grammar.py``) before translation.
 
 Queries a client abandons (no request for ``abandon_after`` seconds) are closed, as Presto does.
 
@@ -31,6 +35,10 @@ import json
 import logging
 import re
 import secrets
+import shutil
+import ssl
+import sys
+import tempfile
 import threading
 import time
 import urllib.parse
@@ -38,11 +46,12 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import duckdb
 
-from . import errors
+from . import errors, grammar, security
 from .catalog import CATALOG, TpchCatalog
 from .errors import PrestoError
 from .translate import DuckDBPlan, Session, StaticPlan, Translator, parse_prepared_header
@@ -175,6 +184,17 @@ def presto_error_from_duckdb(err: duckdb.Error) -> PrestoError:
     return PrestoError(errors.GENERIC_INTERNAL_ERROR, f"DuckDB: {message}")
 
 
+class _Server(ThreadingHTTPServer):
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A client that does not trust the certificate or speaks plain HTTP to the TLS port is
+        # the client's problem: log it briefly instead of printing a traceback.
+        error = sys.exc_info()[1]
+        if isinstance(error, ssl.SSLError | ConnectionError):
+            log.debug("connection from %s dropped: %s", client_address, error)
+            return
+        super().handle_error(request, client_address)
+
+
 def _query_id() -> str:
     stamp = datetime.now(UTC).strftime("%Y%m%d_%H%M%S")
     return f"{stamp}_{next(_SEQUENCE):05d}_{secrets.token_hex(3)[:5]}"
@@ -196,6 +216,11 @@ class PrestoStandin:
     :param retain_finished: seconds a finished query stays answerable (client retries).
     :param poll_wait: how long a ``GET`` waits for a schema being generated before answering
         ``QUEUED`` without data (the client then polls again, as with a queued Presto query).
+    :param users: ``{user: password}``; when given, requests need HTTP basic authentication,
+        which (as in Presto) requires ``tls``.
+    :param tls: serve HTTPS with a self-signed certificate made at start (:attr:`ca_path`).
+    :param tls_dir: where to write ``ca.pem`` and ``key.pem`` (default: a temporary folder,
+        removed on stop).
     """
 
     def __init__(
@@ -210,9 +235,20 @@ class PrestoStandin:
         abandon_after: float = 300.0,
         retain_finished: float = 120.0,
         poll_wait: float = 1.0,
+        users: Mapping[str, str] | None = None,
+        tls: bool = False,
+        tls_dir: str | Path | None = None,
     ) -> None:
         if page_rows < 1:
             raise ValueError("page_rows must be at least 1")
+        if users and not tls:
+            # Presto authenticates passwords on its HTTPS port only; clients refuse HTTP too.
+            raise ValueError("password authentication requires HTTPS: pass tls=True")
+        self.users = dict(users or {})
+        self.tls = tls
+        self._tls_dir = Path(tls_dir) if tls_dir else None
+        self._tls_tmp: str | None = None
+        self.ca_path: Path | None = None
         self.host = host
         self._requested_port = port
         self.schemas = tuple(schemas)
@@ -233,8 +269,10 @@ class PrestoStandin:
     # -- lifecycle ---------------------------------------------------------------------------
 
     def _bind(self) -> ThreadingHTTPServer:
-        httpd = ThreadingHTTPServer((self.host, self._requested_port), _Handler)
+        httpd = _Server((self.host, self._requested_port), _Handler)
         try:
+            if self.tls:
+                self._wrap_tls(httpd)
             self.catalog = TpchCatalog(
                 self.schemas, scale_factors=self.scale_factors, eager=self.eager_schemas
             )
@@ -246,6 +284,19 @@ class PrestoStandin:
         self._httpd = httpd
         return httpd
 
+    def _wrap_tls(self, httpd: ThreadingHTTPServer) -> None:
+        directory = self._tls_dir
+        if directory is None:
+            self._tls_tmp = tempfile.mkdtemp(prefix="presto-standin-tls-")
+            directory = Path(self._tls_tmp)
+        cert, key = security.make_certificate(directory)
+        self.ca_path = cert
+        # Handshake in the request's thread (first read), not in accept(): a slow or plain-HTTP
+        # client must not block the server loop.
+        httpd.socket = security.server_context(cert, key).wrap_socket(
+            httpd.socket, server_side=True, do_handshake_on_connect=False
+        )
+
     def start(self) -> PrestoStandin:
         """Generate the eager schemas, bind the port and serve in a background thread."""
         if self._httpd is not None:
@@ -255,7 +306,14 @@ class PrestoStandin:
             target=httpd.serve_forever, name=f"presto-standin-{self.port}", daemon=True
         )
         self._thread.start()
-        log.info("Presto stand-in serving %s on %s", self.schemas, self.url)
+        # The grammar's prediction caches take about half a second to build: not on a query.
+        threading.Thread(target=grammar.warm_up, name="presto-grammar-warm-up", daemon=True).start()
+        log.info(
+            "Presto stand-in serving %s on %s (%s)",
+            self.schemas,
+            self.url,
+            f"users: {', '.join(sorted(self.users))}" if self.users else "no authentication",
+        )
         return self
 
     def stop(self) -> None:
@@ -281,6 +339,9 @@ class PrestoStandin:
         if self.catalog is not None:
             self.catalog.close()
             self.catalog = None
+        if self._tls_tmp is not None:
+            shutil.rmtree(self._tls_tmp, ignore_errors=True)
+            self._tls_tmp = None
 
     def __enter__(self) -> PrestoStandin:
         return self.start()
@@ -296,9 +357,14 @@ class PrestoStandin:
         return int(self._httpd.server_address[1])
 
     @property
+    def scheme(self) -> str:
+        """``https`` with TLS, else ``http``."""
+        return "https" if self.tls else "http"
+
+    @property
     def url(self) -> str:
-        """``http://host:port`` of the running server."""
-        return f"http://{self.host}:{self.port}"
+        """``http(s)://host:port`` of the running server."""
+        return f"{self.scheme}://{self.host}:{self.port}"
 
     def query_info(self, query_id: str) -> dict[str, Any]:
         """State, pages and rows served so far of a query (for tests and debugging)."""
@@ -543,7 +609,21 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _base(self) -> str:
         host = self.headers.get("Host") or f"{self.standin.host}:{self.standin.port}"
-        return f"http://{host}"
+        return f"{self.standin.scheme}://{host}"
+
+    def _authenticated(self) -> bool:
+        """True when no users are configured or the request carries valid credentials; else
+        answer 401 as Presto does and return False."""
+        if not self.standin.users:
+            return True
+        try:
+            security.authenticate(self.headers.get("Authorization"), self.standin.users)
+        except security.AuthenticationFailed as failure:
+            # The body was not read: close the connection rather than parse it as a request.
+            self.close_connection = True
+            self._send(401, str(failure), {"WWW-Authenticate": security.REALM_CHALLENGE})
+            return False
+        return True
 
     def _send(
         self, status: int, body: dict[str, Any] | str, headers: Mapping[str, str] | None = None
@@ -566,6 +646,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
 
     def do_POST(self) -> None:
+        if not self._authenticated():
+            return
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length).decode("utf-8") if length else ""
         path = urllib.parse.urlsplit(self.path).path
@@ -590,6 +672,8 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(200, self.standin._document(query, self._base(), next_token=1))
 
     def do_GET(self) -> None:
+        if not self._authenticated():
+            return
         split = urllib.parse.urlsplit(self.path)
         if m := _STATEMENT_PATH.match(split.path):
             query = self.standin.get(m["id"])
@@ -627,6 +711,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(404, f"Not found: {split.path}")
 
     def do_DELETE(self) -> None:
+        if not self._authenticated():
+            return
         path = urllib.parse.urlsplit(self.path).path
         m = _STATEMENT_PATH.match(path) or _QUERY_PATH.match(path)
         query = self.standin.get(m["id"]) if m else None

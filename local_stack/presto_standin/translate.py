@@ -4,8 +4,10 @@ A statement goes through these steps:
 
 1. Utility statements (``SHOW CATALOGS|SCHEMAS|TABLES|COLUMNS``, ``DESCRIBE``, ``PREPARE``,
    ``EXECUTE ... USING``, ``DEALLOCATE PREPARE``) are answered here without DuckDB.
-2. Queries are parsed with sqlglot's Presto dialect (a parse error is ``SYNTAX_ERROR`` with its
-   location; so is a ``;``, which Presto does not accept either).
+0. Every statement is first checked against Presto's grammar (``grammar.py``): what it does
+   not parse is ``SYNTAX_ERROR`` with Presto's message, line and column.
+2. Queries are parsed with sqlglot's Presto dialect; what sqlglot cannot parse although the
+   grammar accepted it is ``NOT_SUPPORTED`` (a limit of the stand-in).
 3. Only read queries are accepted; every table reference is resolved against the session's
    catalog and schema (``X-Presto-Catalog`` / ``X-Presto-Schema``) into ``tpch.<schema>.<table>``
    and checked, giving Presto's messages (``Table tpch.tiny.x does not exist``).
@@ -34,6 +36,7 @@ from sqlglot.tokens import Token, TokenType
 
 from . import catalog as tpch
 from .errors import NOT_SUPPORTED, SYNTAX_ERROR, PrestoError, location_of
+from .grammar import check_statement
 
 # Functions sqlglot does not model but that exist with the same semantics in DuckDB. Anything
 # else sqlglot leaves as an anonymous function is refused instead of guessed.
@@ -119,14 +122,9 @@ class Translator:
 
     def plan(self, sql: str, session: Session) -> Plan:
         """Return the plan for one Presto statement, or raise :class:`PrestoError`."""
+        check_statement(sql)  # Presto's grammar first: sqlglot accepts what Presto rejects
         head = _LEADING_COMMENTS.match(sql)
-        start = head.end() if head else 0
-        body = sql[start:]
-        if not body.strip():
-            line, column = location_of(sql, len(sql))
-            raise PrestoError(
-                SYNTAX_ERROR, "mismatched input '<EOF>'. Expecting: query", line=line, column=column
-            )
+        body = sql[head.end() if head else 0 :]
         if _UTILITY_WORDS.match(body):
             return self._utility(body, session)
         return DuckDBPlan(*self._translate_query(sql, session))
@@ -195,35 +193,16 @@ class Translator:
     # -- queries -----------------------------------------------------------------------------
 
     def _parse(self, sql: str) -> exp.Expression:
+        # Only statements Presto's grammar accepted get here: if sqlglot cannot parse one, that
+        # is the stand-in's limit, not the user's error.
         try:
-            tokens = sqlglot.Dialect.get_or_raise("presto").tokenize(sql)
-        except TokenError as err:
-            raise PrestoError(SYNTAX_ERROR, f"invalid token: {err}") from None
-        for token in tokens:
-            if token.token_type == TokenType.SEMICOLON:
-                line, column = location_of(sql, token.start)
-                raise PrestoError(
-                    SYNTAX_ERROR,
-                    "mismatched input ';'. Expecting: <EOF> (Presto accepts one statement "
-                    "without a trailing semicolon)",
-                    line=line,
-                    column=column,
-                )
-        try:
-            tree = sqlglot.parse_one(sql, read="presto")
-        except ParseError as err:
-            first = err.errors[0] if err.errors else {}
-            line, column = first.get("line"), first.get("col")
-            message = _TOKEN_REPR.sub(_token_text, str(first.get("description") or err))
-            message = message.split("\n")[0]
-            if highlight := first.get("highlight"):
-                message = f"mismatched input '{highlight}': {message}"
-                if column is not None:  # sqlglot points at the token's end, Presto at its start
-                    column = max(1, column - len(highlight) + 1)
-            raise PrestoError(SYNTAX_ERROR, message, line=line, column=column) from None
-        if tree is None:
-            raise PrestoError(SYNTAX_ERROR, "mismatched input '<EOF>'. Expecting: query")
-        return tree
+            return sqlglot.parse_one(sql, read="presto")
+        except (TokenError, ParseError) as err:
+            detail = _TOKEN_REPR.sub(_token_text, str(err)).split("\n")[0]
+            raise PrestoError(
+                NOT_SUPPORTED,
+                f"The Presto stand-in cannot parse this statement (sqlglot: {detail})",
+            ) from None
 
     def _translate_query(self, sql: str, session: Session) -> tuple[str, set[str]]:
         tree = self._parse(sql)

@@ -1,11 +1,15 @@
 """Model servers of the local SageMaker runtime: the "instances" behind endpoints and batch
 transform jobs.
 
-A :class:`ModelServer` is one process running ``_serving_worker.worker_main``: the model's
+A :class:`ModelServer` is one process running ``_serving_worker.serve_model``: the model's
 ``inference.py`` loaded through the ``sagemaker-inference`` toolkit, answering ``/ping`` and
 ``/invocations`` on a loopback port, like a SageMaker serving container. Processes are forked
 from a fork server that has already imported the scientific stack, so a server starts in a
-fraction of a second and different models never share a Python process.
+fraction of a second and different models never share a Python process. There is one fork
+server per image: it runs on the interpreter of the image's virtualenv
+(``local_stack/images.py``), so the model runs on the image's Python and packages. A model whose
+container ``Image`` the runtime does not know fails to start with a message naming the known
+images.
 
 :func:`prepare_model` turns a model's container (``ModelDataUrl``, ``SAGEMAKER_PROGRAM``,
 ``SAGEMAKER_SUBMIT_DIRECTORY``) into local folders, cached per S3 object version.
@@ -27,7 +31,6 @@ import select
 import shutil
 import signal
 import subprocess
-import sys
 import threading
 import time
 import weakref
@@ -36,9 +39,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from local_stack.sagemaker_runtime import s3io
+from local_stack import images
+from local_stack.sagemaker_runtime import isolation, s3io
 from local_stack.sagemaker_runtime._serving_worker import SINGLE_THREADED
-from local_stack.sagemaker_runtime.containers import LogShipper
+from local_stack.sagemaker_runtime.containers import LogShipper, image_path_env
 
 if TYPE_CHECKING:
     from local_stack.sagemaker_runtime.runtime import Runtime
@@ -62,10 +66,12 @@ class ServerGone(ServingError):
 
 
 class _Zygote:
-    """The fork server process (``python -m ..._serving_worker``), started on first use and
-    shared by every runtime of this Python process; it exits with the process."""
+    """The fork server process (``<image python> -m ..._serving_worker``) of one image, started
+    on first use and shared by every runtime of this Python process; it exits with the
+    process."""
 
-    def __init__(self) -> None:
+    def __init__(self, python: Path) -> None:
+        self.python = python
         self._start_lock = threading.Lock()  # held briefly, to (re)start the process
         self._io_lock = threading.Lock()  # held for one request/answer exchange
         self._process: subprocess.Popen[bytes] | None = None
@@ -79,11 +85,13 @@ class _Zygote:
         with self._start_lock:
             if self._process is not None and self._process.poll() is None:
                 return self._process
-            env = {**os.environ, **SINGLE_THREADED}
+            env = {**image_path_env(dict(os.environ), self.python), **SINGLE_THREADED}
             root = str(Path(__file__).resolve().parents[2])
-            env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+            # Only the repository root (for local_stack.toolkits and the worker), never the
+            # host's packages: the model sees the image's libraries.
+            env["PYTHONPATH"] = root
             self._process = subprocess.Popen(
-                [sys.executable, "-m", "local_stack.sagemaker_runtime._serving_worker"],
+                [str(self.python), "-m", "local_stack.sagemaker_runtime._serving_worker"],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 env=env,
@@ -119,12 +127,30 @@ class _Zygote:
         return int(answer["pid"])
 
 
-_zygote = _Zygote()
+_zygotes: dict[Path, _Zygote] = {}
+_zygotes_lock = threading.Lock()
 
 
-def warm_up() -> None:
-    """Start the fork server now so that the first model server starts quickly."""
-    _zygote.warm_up()
+def _zygote(image: str) -> _Zygote:
+    """The fork server of ``image``; :class:`ServingError` for an image the runtime cannot run."""
+    try:
+        python = images.interpreter_for(image)
+    except (images.UnknownImage, images.ImageNotBuilt) as err:
+        raise ServingError(str(err)) from err
+    with _zygotes_lock:
+        if python not in _zygotes:
+            _zygotes[python] = _Zygote(python)
+        return _zygotes[python]
+
+
+def warm_up(image: str | None = None) -> None:
+    """Start the image's fork server (default: the newest image's, the config's default) now so
+    that its first model server starts quickly; an unknown image is reported when a server
+    starts, not here."""
+    if image is None:
+        image = "sagemaker-scikit-learn:" + list(images.load_images())[-1]
+    with contextlib.suppress(ServingError):
+        _zygote(image).warm_up()
 
 
 # --- model files -------------------------------------------------------------------------------
@@ -153,6 +179,14 @@ def prepare_model(runtime: Runtime, container: dict[str, Any]) -> PreparedModel:
     program = env.get("SAGEMAKER_PROGRAM") or "inference.py"
     data_url = container.get("ModelDataUrl")
     submit = env.get("SAGEMAKER_SUBMIT_DIRECTORY", "")
+    if submit.startswith("s3://") and isolation.enabled(container):
+        # The serving container downloads it itself, which isolation forbids; the SDK repacks
+        # the code into model.tar.gz under code/ instead (``SKLearnModel.prepare_container_def``).
+        raise ServingError(
+            f"SAGEMAKER_SUBMIT_DIRECTORY {submit} cannot be downloaded by a model with "
+            "EnableNetworkIsolation: put the code into model.tar.gz under code/ and set "
+            "SAGEMAKER_SUBMIT_DIRECTORY to /opt/ml/model/code"
+        )
     s3 = runtime.client("s3")
     fingerprint = [data_url or "", submit]
     if data_url:
@@ -262,7 +296,7 @@ class ModelServer:
             "log_path": str(self.log_path),
         }
         try:
-            pid = _zygote.fork(spec)
+            pid = _zygote(self.model.image).fork(spec)
         except ServingError:
             self.stop(drain_timeout=0)
             raise

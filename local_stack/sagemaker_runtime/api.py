@@ -4,18 +4,24 @@ Each SageMaker API action the runtime implements is a function registered with
 ``@action("CreateTrainingJob")`` taking ``(runtime, request_dict)`` and returning the response dict
 (the JSON 1.1 protocol of botocore's ``sagemaker`` model). Anything not registered answers with an
 AWS-shaped ``UnknownOperationException`` naming the action, never a silent success.
+
+``dispatch`` records each call (``recorded_calls``, ``GET /_local/sagemaker/calls``) and checks
+it against every rule of the service model (``validation``) before the handler runs, so a bad
+request is refused with AWS's ``ValidationException`` wording before any resource is looked up.
 """
 
 from __future__ import annotations
 
 import base64
-import functools
+import copy
 import json
 import logging
 import re
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
+
+from local_stack.sagemaker_runtime import validation
 
 if TYPE_CHECKING:
     from local_stack.sagemaker_runtime.runtime import Runtime
@@ -71,6 +77,7 @@ def action(name: str) -> Callable[[Handler], Handler]:
 def dispatch(runtime: Runtime, target: str, body: bytes) -> tuple[int, bytes]:
     """Run the action named by ``X-Amz-Target`` (``SageMaker.<Action>``) and encode the answer."""
     name = target.split(".", 1)[-1]
+    entry: dict[str, Any] | None = None
     try:
         runtime.faults.before_call(name)
         handler = ACTIONS.get(name)
@@ -83,8 +90,13 @@ def dispatch(runtime: Runtime, target: str, body: bytes) -> tuple[int, bytes]:
             request = json.loads(body or b"{}")
         except ValueError as err:
             raise SageMakerError("SerializationException", f"Malformed JSON body: {err}") from err
+        entry = _record(runtime, name, request)
+        # Every rule of the service model, before any handler looks a resource up (as AWS).
+        validate_request(name, request)
         response = handler(runtime, request)
     except SageMakerError as err:
+        if entry is not None:
+            entry.update(ErrorCode=err.code, ErrorMessage=err.message)
         return err.status, err.body()
     except Exception as err:  # a bug in a handler: answer like AWS instead of an HTML 500 page
         log.exception("SageMaker action %s failed", name)
@@ -106,24 +118,46 @@ def now() -> datetime:
 
 
 # --- request validation and pagination shared by the action modules --------------------------
-@functools.cache
-def _service_model() -> Any:
-    import botocore.session
-
-    return botocore.session.get_session().get_service_model("sagemaker")
-
-
 def validate_request(operation: str, request: dict[str, Any]) -> None:
-    """Check ``request`` against botocore's input shape of ``operation`` (required members,
-    types, enum-free ranges/lengths); raise ``ValidationException`` with botocore's report.
+    """Check ``request`` against every rule of botocore's input shape of ``operation``
+    (``validation.check``: required, types, lengths, patterns, enums, ranges); raise the
+    ``ValidationException``/``SerializationException`` SageMaker answers, in AWS's wording.
 
-    boto3 clients already validate client-side; this catches raw or hand-built requests."""
-    from botocore.validate import ParamValidator
+    ``dispatch`` runs it for every action; handlers may call it again for in-process use."""
+    try:
+        validation.check(operation, request)
+    except validation.RequestRejected as err:
+        raise SageMakerError(err.code, err.message) from err
 
-    shape = _service_model().operation_model(operation).input_shape
-    report = ParamValidator().validate(request, shape)
-    if report.has_errors():
-        raise validation_error(report.generate_report())
+
+# --- the call recorder ---------------------------------------------------------------------
+CALLS = "_Calls"
+
+
+def _record(runtime: Runtime, name: str, request: dict[str, Any]) -> dict[str, Any]:
+    """Append (action, request) to the runtime's in-memory call log; return the entry so the
+    outcome can be added. Only calls from clients pass through ``dispatch`` (a tuning job's
+    own training jobs do not), so the log is what the callers really sent."""
+    entry = {"Action": name, "Request": copy.deepcopy(request), "Time": now().timestamp()}
+    with runtime.lock:
+        log_store = runtime.store(CALLS)
+        log_store[f"{len(log_store):09d}"] = entry
+    return entry
+
+
+def recorded_calls(runtime: Runtime, action_name: str | None = None) -> list[dict[str, Any]]:
+    """The SageMaker calls received so far, oldest first (optionally of one action): dicts
+    with ``Action``, ``Request``, ``Time`` and, for a refused call, ``ErrorCode`` and
+    ``ErrorMessage``."""
+    with runtime.lock:
+        entries = copy.deepcopy(list(runtime.store(CALLS).values()))
+    return [e for e in entries if action_name in (None, e["Action"])]
+
+
+def clear_calls(runtime: Runtime) -> None:
+    """Forget the recorded calls."""
+    with runtime.lock:
+        runtime.store(CALLS).clear()
 
 
 def validate_name(value: Any, field: str, max_length: int = 63) -> str:

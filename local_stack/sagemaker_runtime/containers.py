@@ -3,7 +3,8 @@
 A job instance gets a root folder ``<workdir>/jobs/<job>/[instance-N/]``; everything the real
 container sees under ``/opt/ml`` lives in ``<root>/opt/ml``. Commands, arguments and environment
 values naming ``/opt/ml/...`` are rewritten to that folder, and ``python``/``python3`` run as the
-runtime's own interpreter (``sys.executable``), which stands in for the image.
+interpreter of the image's virtualenv (``local_stack/images.py``: the image's Python version and
+packages), whose ``bin`` folder also comes first on the script's ``PATH``.
 
 The script's stdout and stderr go, line by line, to CloudWatch Logs in the local endpoint (moto)
 under ``<log group>/<job>/algo-<n>-<epoch>`` the way SageMaker names its streams, so the Airflow
@@ -55,12 +56,22 @@ def local_path(container_path: str, root: Path) -> Path:
     return root / container_path.lstrip("/")
 
 
-def command(argv: list[str], root: Path) -> list[str]:
-    """The local command for a container entrypoint + arguments."""
+def command(argv: list[str], root: Path, python: Path) -> list[str]:
+    """The local command for a container entrypoint + arguments; ``python`` is the image's."""
     out = [rewrite_paths(a, root) for a in argv]
     if out and _PYTHON_RE.match(os.path.basename(out[0])):
-        out[0] = sys.executable
+        out[0] = str(python)
     return out
+
+
+def image_path_env(env: dict[str, str], python: Path) -> dict[str, str]:
+    """``env`` with the image venv's ``bin`` first on ``PATH`` (a script that starts ``python``
+    gets the image's) and no trace of the host's virtualenv."""
+    result = {k: v for k, v in env.items() if k not in ("PYTHONHOME", "PYTHONPATH")}
+    bin_dir = str(python.parent)
+    result["PATH"] = os.pathsep.join(p for p in (bin_dir, env.get("PATH", os.defpath)) if p)
+    result["VIRTUAL_ENV"] = str(python.parent.parent)
+    return result
 
 
 class LogShipper:

@@ -40,7 +40,8 @@ from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import ClientError as BotoClientError
 
-from local_stack.sagemaker_runtime import s3io, tags
+from local_stack import images
+from local_stack.sagemaker_runtime import isolation, s3io, tags
 from local_stack.sagemaker_runtime.api import (
     SageMakerError,
     action,
@@ -57,10 +58,12 @@ from local_stack.sagemaker_runtime.containers import (
     LogShipper,
     ProcessResult,
     command,
+    image_path_env,
     local_path,
     opt_ml,
     rewrite_paths,
 )
+from local_stack.sagemaker_runtime.runtime import EXECUTION_ROLE_ACCESS_KEY_ID
 
 if TYPE_CHECKING:
     from local_stack.sagemaker_runtime.runtime import Runtime
@@ -291,12 +294,23 @@ def _job_dir(runtime: Runtime, name: str) -> Path:
     return path
 
 
-def _script_env(runtime: Runtime, root: Path, environment: dict[str, str]) -> dict[str, str]:
-    env = dict(os.environ)
+def _image_python(image_uri: str) -> Path:
+    """The interpreter of the job's image (``local_stack/images.py``); an image the runtime
+    cannot run fails the job, as an image SageMaker cannot pull does."""
+    try:
+        return images.interpreter_for(image_uri)
+    except images.UnknownImage as err:
+        raise JobFailed(f"ClientError: {err}") from err
+
+
+def _script_env(
+    runtime: Runtime, root: Path, environment: dict[str, str], python: Path
+) -> dict[str, str]:
+    env = image_path_env(dict(os.environ), python)
     env.update(
         {
             "AWS_ENDPOINT_URL": runtime.endpoint_url,
-            "AWS_ACCESS_KEY_ID": "local",
+            "AWS_ACCESS_KEY_ID": EXECUTION_ROLE_ACCESS_KEY_ID,
             "AWS_SECRET_ACCESS_KEY": "local",
             "AWS_DEFAULT_REGION": runtime.region,
             "AWS_REGION": runtime.region,
@@ -574,6 +588,7 @@ def _processing_body(runtime: Runtime, record: dict[str, Any]) -> None:
     s3 = runtime.client("s3")
     cluster = record["ProcessingResources"]["ClusterConfig"]
     count = int(cluster.get("InstanceCount", 1))
+    python = _image_python(record["AppSpecification"]["ImageUri"])
     job_dir = _job_dir(runtime, ctl.name)
     resolved = {
         item["InputName"]: s3io.resolve_objects(
@@ -587,7 +602,7 @@ def _processing_body(runtime: Runtime, record: dict[str, Any]) -> None:
     def instance(index: int) -> None:
         try:
             results[index] = _processing_instance(
-                runtime, record, s3, resolved, roots[index], index, count
+                runtime, record, s3, resolved, roots[index], (index, count), python
             )
         except BaseException as err:
             results[index] = err
@@ -627,10 +642,11 @@ def _processing_instance(
     s3: Any,
     resolved: dict[str, list[s3io.S3Object]],
     root: Path,
-    index: int,
-    count: int,
+    instance: tuple[int, int],
+    python: Path,
 ) -> ProcessResult:
     ctl = control(record)
+    index, count = instance
     hosts = [f"algo-{i + 1}" for i in range(count)]
     cluster = record["ProcessingResources"]["ClusterConfig"]
     config_dir = opt_ml(root) / "config"
@@ -670,9 +686,12 @@ def _processing_instance(
             s3io.download(s3, share, local_path(s3_input["LocalPath"], root))
         app = record["AppSpecification"]
         argv = command(
-            list(app["ContainerEntrypoint"]) + list(app.get("ContainerArguments", [])), root
+            list(app["ContainerEntrypoint"]) + list(app.get("ContainerArguments", [])),
+            root,
+            python,
         )
-        env = _script_env(runtime, root, record.get("Environment", {}))
+        env = _script_env(runtime, root, record.get("Environment", {}), python)
+        argv, env = isolation.isolate(record, argv, env)
         return _run_process(
             runtime, record, argv, env, root, index + 1, _remaining(record, started)
         )
@@ -981,6 +1000,7 @@ def _unquote(value: str) -> str:
 def _training_body(runtime: Runtime, record: dict[str, Any]) -> None:
     ctl = control(record)
     s3 = runtime.client("s3")
+    python = _image_python(record["AlgorithmSpecification"].get("TrainingImage", ""))
     root = _job_dir(runtime, ctl.name)
     base = opt_ml(root)
     with runtime.container_slot():
@@ -996,7 +1016,12 @@ def _training_body(runtime: Runtime, record: dict[str, Any]) -> None:
             s3io.download(s3, objects, base / "input" / "data" / channel["ChannelName"])
         code_dir = None
         submit = _unquote(record["HyperParameters"].get("sagemaker_submit_directory", ""))
-        if submit:
+        if submit.startswith("/opt/ml/"):
+            # A tarball in a channel (the ``code`` channel of network isolation): the toolkit
+            # unpacks it, as in the container.
+            code_dir = local_path(submit, root)
+        elif submit and not isolation.enabled(record):
+            # An isolated job's toolkit gets the URI and fails to download it, as on SageMaker.
             if not submit.startswith(("s3://", "https://")):
                 raise JobFailed(
                     f"ClientError: sagemaker_submit_directory {submit} is not an S3 URI of a "
@@ -1004,7 +1029,8 @@ def _training_body(runtime: Runtime, record: dict[str, Any]) -> None:
                 )
             code_dir = root / "sourcedir"
             s3io.download_and_extract_tar(s3, submit, code_dir)
-        argv, env, cwd, layout = _prepare_training(runtime, record, root, code_dir)
+        argv, env, cwd, layout = _prepare_training(runtime, record, root, code_dir, python)
+        argv, env = isolation.isolate(record, argv, env)
         if ctl.stop.is_set():
             raise JobStopped()
         _secondary(
@@ -1078,7 +1104,7 @@ def _channel_config(record: dict[str, Any]) -> dict[str, dict[str, str]]:
 
 
 def _prepare_training(
-    runtime: Runtime, record: dict[str, Any], root: Path, code_dir: Path | None
+    runtime: Runtime, record: dict[str, Any], root: Path, code_dir: Path | None, python: Path
 ) -> tuple[list[str], dict[str, str], Path, Any]:
     """Lay out ``/opt/ml`` and build the container's command: the ``sagemaker-training``
     toolkit (script mode, as the scikit-learn image runs it, via ``local_stack.toolkits``) or
@@ -1088,7 +1114,7 @@ def _prepare_training(
     extra = {
         "AWS_ENDPOINT_URL": runtime.endpoint_url,
         "S3_ENDPOINT_URL": runtime.endpoint_url,
-        "AWS_ACCESS_KEY_ID": "local",
+        "AWS_ACCESS_KEY_ID": EXECUTION_ROLE_ACCESS_KEY_ID,
         "AWS_SECRET_ACCESS_KEY": "local",
         "AWS_DEFAULT_REGION": runtime.region,
         "AWS_REGION": runtime.region,
@@ -1100,13 +1126,15 @@ def _prepare_training(
     instance_type = record["ResourceConfig"].get("InstanceType", "local")
     if algo.get("ContainerEntrypoint"):
         _write_training_config(record, base, instance_type)
-        if code_dir is not None:
+        if code_dir is not None and code_dir.is_dir():
             shutil.copytree(code_dir, base / "code", dirs_exist_ok=True)
-        env = _script_env(runtime, root, {})
+        env = _script_env(runtime, root, {}, python)
         env.update(extra)
         env["TRAINING_JOB_NAME"] = record["TrainingJobName"]
         argv = command(
-            list(algo["ContainerEntrypoint"]) + list(algo.get("ContainerArguments", [])), root
+            list(algo["ContainerEntrypoint"]) + list(algo.get("ContainerArguments", [])),
+            root,
+            python,
         )
         return argv, env, base, None
 
@@ -1129,8 +1157,10 @@ def _prepare_training(
         )
     except (ValueError, OSError) as err:
         raise JobFailed(f"ClientError: {err}") from err
-    env = toolkits.training_environment(layout, extra, record["TrainingJobName"])
-    return toolkits.training_command(), env, layout.base_dir, layout
+    env = toolkits.training_environment(
+        layout, extra, record["TrainingJobName"], image_path_env(dict(os.environ), python)
+    )
+    return toolkits.training_command(python), env, layout.base_dir, layout
 
 
 def _write_training_config(record: dict[str, Any], base: Path, instance_type: str) -> None:

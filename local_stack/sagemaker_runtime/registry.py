@@ -122,8 +122,13 @@ def get_model(runtime: Runtime, name: str) -> dict[str, Any]:
 
 
 def serving_container(runtime: Runtime, model_name: str) -> dict[str, Any]:
-    """What serving a model needs: ``Image``, ``ModelDataUrl``, ``Environment``."""
-    return copy.deepcopy(get_model(runtime, model_name)["_serving"])
+    """What serving a model needs: ``Image``, ``ModelDataUrl``, ``Environment`` and the
+    model's ``EnableNetworkIsolation``."""
+    model = get_model(runtime, model_name)
+    return {
+        **copy.deepcopy(model["_serving"]),
+        "EnableNetworkIsolation": model.get("EnableNetworkIsolation", False),
+    }
 
 
 def _resolve_container(runtime: Runtime, container: dict[str, Any]) -> dict[str, Any]:
@@ -389,6 +394,14 @@ def create_model_package(runtime: Runtime, request: dict[str, Any]) -> dict[str,
             "Exactly one of ModelPackageGroupName (versioned) or ModelPackageName (unversioned) "
             "must be specified."
         )
+    if group_value and request.get("Tags"):
+        # botocore's documentation of CreateModelPackage.Tags: with ModelPackageGroupName the
+        # package "uses the tags associated with the model group. In this case, you cannot
+        # supply a tag argument."
+        raise validation_error(
+            "Tags cannot be supplied with ModelPackageGroupName: a versioned model package uses "
+            "the tags of its model package group."
+        )
     approval = request.get("ModelApprovalStatus", "PendingManualApproval")
     _check_approval(approval)
     spec = request.get("InferenceSpecification")
@@ -427,8 +440,10 @@ def create_model_package(runtime: Runtime, request: dict[str, Any]) -> dict[str,
             version = group["_versions"]
             group_name = group["ModelPackageGroupName"]
             arn = runtime.arn("model-package", f"{group_name}/{version}")
+            # A versioned package has no name of its own: SageMaker returns no ModelPackageName
+            # for it (aws/sagemaker-python-sdk#5606); it is addressed by ARN (or group/version).
             record.update(
-                ModelPackageName=group_name,
+                _name=group_name,
                 ModelPackageGroupName=group_name,
                 ModelPackageVersion=version,
                 ModelPackageArn=arn,
@@ -438,7 +453,7 @@ def create_model_package(runtime: Runtime, request: dict[str, Any]) -> dict[str,
             arn = runtime.arn("model-package", name)
             if arn in store:
                 raise validation_error(f"Model Package {name} already exists: {arn}")
-            record.update(ModelPackageName=name, ModelPackageArn=arn)
+            record.update(ModelPackageName=name, _name=name, ModelPackageArn=arn)
         record["_client_token"] = token
         record["_group_request"] = group_value or request.get("ModelPackageName")
         store[arn] = record
@@ -479,11 +494,7 @@ def list_model_packages(runtime: Runtime, request: dict[str, Any]) -> dict[str, 
         _check_approval(request["ModelApprovalStatus"])
         records = [r for r in records if r["ModelApprovalStatus"] == request["ModelApprovalStatus"]]
     items = filter_and_sort(
-        records,
-        request,
-        "ModelPackageName",
-        "Ascending",
-        {"Name": "ModelPackageName", "CreationTime": "_seq"},
+        records, request, "_name", "Ascending", {"Name": "_name", "CreationTime": "_seq"}
     )
     keys = (
         "ModelPackageName",

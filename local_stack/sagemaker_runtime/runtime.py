@@ -1,6 +1,7 @@
 """State and execution engine of the local SageMaker runtime.
 
-The runtime keeps resources in memory (one process, one ``make demo``/``make ui`` session), runs
+The runtime keeps resources in memory (saved to and reloaded from its work folder by
+``local_stack.aws_endpoint.persistence`` when the endpoint persists its state), runs
 jobs asynchronously in threads, and bounds how many "containers" (script processes) run at once
 by the machine's cores. Job scripts run with the current interpreter standing in for the image.
 """
@@ -19,6 +20,13 @@ import boto3
 from botocore.config import Config
 
 from local_stack.sagemaker_runtime.faults import FaultInjector
+
+# The credentials of everything the runtime does on a job's behalf (its own S3/Logs/CloudWatch
+# clients and the job processes' environment): on AWS that is the job's execution role, so a
+# distinct access key id lets the endpoint's call recorder attribute these calls to that role
+# (local_stack/aws_endpoint/recorder.py). The local endpoint accepts any key: not a secret.
+EXECUTION_ROLE_ACCESS_KEY_ID = "local-execution-role"
+EXECUTION_ROLE_SECRET_KEY = "local"
 
 
 class Runtime:
@@ -55,6 +63,21 @@ class Runtime:
         with self.lock:
             return self._stores.setdefault(kind, {})
 
+    def export_stores(self, skip: frozenset[str] = frozenset()) -> dict[str, dict[str, Any]]:
+        """A consistent shallow copy of every store (records copied one level deep), taken
+        under ``self.lock``, for ``local_stack.aws_endpoint.persistence`` to serialise."""
+        with self.lock:
+            return {
+                kind: {name: dict(record) for name, record in records.items()}
+                for kind, records in self._stores.items()
+                if kind not in skip
+            }
+
+    def import_stores(self, stores: dict[str, dict[str, dict[str, Any]]]) -> None:
+        """Replace the stores with ``stores`` (a restart that reloads its saved state)."""
+        with self.lock:
+            self._stores = {kind: dict(records) for kind, records in stores.items()}
+
     def arn(self, resource: str, name: str) -> str:
         """An ARN the way SageMaker spells it (resource names are lower-cased in ARNs)."""
         return f"arn:aws:sagemaker:{self.region}:{self.account_id}:{resource}/{name.lower()}"
@@ -73,8 +96,8 @@ class Runtime:
                     service,
                     endpoint_url=self.endpoint_url,
                     region_name=self.region,
-                    aws_access_key_id="local",
-                    aws_secret_access_key="local",
+                    aws_access_key_id=EXECUTION_ROLE_ACCESS_KEY_ID,
+                    aws_secret_access_key=EXECUTION_ROLE_SECRET_KEY,
                     config=Config(
                         retries={"max_attempts": 5, "mode": "standard"}, max_pool_connections=50
                     ),

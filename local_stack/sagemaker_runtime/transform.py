@@ -329,7 +329,7 @@ class _TransformRun:
             **(container.get("Environment") or {}),
             **(self.job.get("Environment") or {}),
         }
-        _serving.warm_up()
+        _serving.warm_up(container.get("Image", ""))
         source = self.input["DataSource"]["S3DataSource"]
         try:
             objects = s3io.resolve_objects(

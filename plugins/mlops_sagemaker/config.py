@@ -8,6 +8,8 @@ forbids unknown keys so that a misspelt optional field is an error, not a silent
 from __future__ import annotations
 
 import re
+import tomllib
+from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 from typing import Annotated, Literal
@@ -21,6 +23,12 @@ _SHORT_NAME = r"^[a-z0-9](?:[a-z0-9-]*[a-z0-9])?$"
 _IDENTIFIER = r"^[A-Za-z_][A-Za-z0-9_]*$"
 _BUCKET = r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$"
 _S3_PREFIX = r"^[A-Za-z0-9!_.*'()-]+(?:/[A-Za-z0-9!_.*'()-]+)*$"
+
+# The SageMaker scikit-learn framework versions the step code is tested on, oldest first; the
+# same table builds the local stack's image venvs (local_stack/images.py).
+SKLEARN_FRAMEWORK_VERSIONS = tuple(
+    tomllib.loads(Path(__file__).with_name("sklearn_images.toml").read_text("utf-8"))["images"]
+)
 
 # Longest name suffix naming.job_name adds: "-YYYYMMDD-hpo-ffffff-z".
 NAME_SUFFIX_LENGTH = 22
@@ -145,7 +153,7 @@ class SageMakerSettings(_Strict):
     """Settings shared by every SageMaker job of the use case."""
 
     role_arn: str = Field(pattern=r"^arn:aws[a-z-]*:iam::\d{12}:role/.+$")
-    sklearn_framework_version: str = Field("1.2-1", pattern=r"^\d+\.\d+-\d+$")
+    sklearn_framework_version: str = SKLEARN_FRAMEWORK_VERSIONS[-1]
     image_uri: str | None = Field(None, description="override of the scikit-learn image URI")
     python_version: str = "py3"
     processing: JobResources
@@ -157,6 +165,16 @@ class SageMakerSettings(_Strict):
     deferrable: bool = Field(
         True, description="wait for jobs in the triggerer instead of holding a worker slot"
     )
+
+    @field_validator("sklearn_framework_version")
+    @classmethod
+    def _supported_framework(cls, version: str) -> str:
+        if version not in SKLEARN_FRAMEWORK_VERSIONS:
+            raise ValueError(
+                f"{version!r} is not a supported SageMaker scikit-learn framework version; "
+                f"supported: {', '.join(SKLEARN_FRAMEWORK_VERSIONS)} (sklearn_images.toml)"
+            )
+        return version
 
     @field_validator("processing")
     @classmethod
@@ -267,7 +285,7 @@ class Registry(_Strict):
 
 
 class Schedule(_Strict):
-    """When the training DAG runs."""
+    """When the training DAG runs, and how its tasks retry transient failures."""
 
     cron: str = "@daily"
     start_date: date
@@ -275,7 +293,32 @@ class Schedule(_Strict):
     catchup: bool = False
     retries: int = Field(2, ge=0, le=10)
     retry_delay_seconds: int = Field(300, ge=0)
+    # Transient failures back off exponentially (delay x 2 per retry) up to this cap.
+    max_retry_delay_seconds: int = Field(3600, ge=1, le=24 * 3600)
     max_active_runs: int = Field(1, ge=1, le=32)
+
+    @field_validator("cron")
+    @classmethod
+    def _valid_cron(cls, cron: str) -> str:
+        # The same parser Airflow's CronDataIntervalTimetable uses (croniter via CronMixin), so a
+        # bad expression fails here naming schedule.cron instead of deep in Airflow.
+        from airflow.utils.dates import cron_presets
+        from croniter import CroniterBadCronError, CroniterBadDateError, croniter
+
+        expression = cron_presets.get(cron, cron)
+        try:
+            fields = croniter(expression).expanded
+        except (CroniterBadCronError, CroniterBadDateError, ValueError) as err:
+            raise ValueError(f"invalid cron expression {cron!r}: {err}") from None
+        if len(fields) > 5:
+            raise ValueError(f"cron expression {cron!r} has more than 5 fields (no seconds)")
+        return cron
+
+    @model_validator(mode="after")
+    def _ordered_dates(self) -> Schedule:
+        if self.end_date is not None and self.end_date < self.start_date:
+            raise ValueError(f"end_date {self.end_date} is before start_date {self.start_date}")
+        return self
 
 
 class UseCase(_Strict):
@@ -342,11 +385,52 @@ def load_use_case(path: Path) -> UseCase:
     return config
 
 
+CONFIG_SUFFIXES = (".yaml", ".yml")
+
+
+def config_files(config_dir: Path) -> list[Path]:
+    """Every use-case file (``*.yaml`` and ``*.yml``) in ``config_dir``, sorted by name."""
+    return sorted(p for p in Path(config_dir).iterdir() if p.suffix in CONFIG_SUFFIXES)
+
+
+@dataclass(frozen=True)
+class LoadResult:
+    """Valid use cases, and an error per file that is not (one bad file hides nothing else)."""
+
+    use_cases: list[UseCase]
+    errors: dict[Path, str]
+
+
+def load_all(config_dir: Path) -> LoadResult:
+    """Load every use-case file; collect each file's error instead of stopping at the first.
+
+    Two valid files with the same ``short_name`` (which would collide in SageMaker names) are
+    both reported as errors: neither gets a DAG until one is renamed."""
+    use_cases: dict[Path, UseCase] = {}
+    errors: dict[Path, str] = {}
+    for path in config_files(config_dir):
+        try:
+            use_cases[path] = load_use_case(path)
+        except ConfigError as err:
+            errors[path] = str(err)
+    by_short: dict[str, list[Path]] = {}
+    for path, config in use_cases.items():
+        by_short.setdefault(config.short_name, []).append(path)
+    for short_name, paths in by_short.items():
+        if len(paths) > 1:
+            names = ", ".join(p.name for p in paths)
+            for path in paths:
+                errors[path] = (
+                    f"{path}: short_name {short_name!r} is used by several files: {names}"
+                )
+                del use_cases[path]
+    return LoadResult(list(use_cases.values()), errors)
+
+
 def load_use_cases(config_dir: Path) -> list[UseCase]:
-    """Every ``*.yaml`` in ``config_dir``, validated, sorted by file name."""
-    configs = [load_use_case(p) for p in sorted(Path(config_dir).glob("*.yaml"))]
-    short_names = [c.short_name for c in configs]
-    duplicates = sorted({n for n in short_names if short_names.count(n) > 1})
-    if duplicates:
-        raise ConfigError(f"{config_dir}: short_name used by several use cases: {duplicates}")
-    return configs
+    """Every use-case file in ``config_dir``, validated; raise ``ConfigError`` listing every
+    invalid file (for tools and tests; the DAG file uses :func:`load_all`)."""
+    result = load_all(config_dir)
+    if result.errors:
+        raise ConfigError("\n".join(result.errors.values()))
+    return result.use_cases

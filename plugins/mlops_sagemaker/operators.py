@@ -26,9 +26,11 @@ from airflow.providers.amazon.aws.operators.sagemaker import (
     SageMakerTuningOperator,
     serialize,
 )
-from airflow.sdk import BaseOperator
+from airflow.providers.common.sql.sensors.sql import SqlSensor
+from airflow.sdk import Asset, AssetAlias, BaseOperator
 from airflow.sdk.exceptions import AirflowFailException, TaskDeferred
 
+from mlops_sagemaker.failures import JobFailed, Kind, failure_policy
 from mlops_sagemaker.naming import MAX_NAME, MAX_TUNING_NAME, attempt_name, attempt_of
 
 TERMINAL_OK = "Completed"
@@ -75,16 +77,20 @@ def resolve_attempt(
 
 
 def require_completed(kind: str, name: str, described: dict, status_key: str) -> None:
-    """Raise unless the job ``Completed``: the provider's wait also returns on ``Stopped``
-    (e.g. MaxRuntimeInSeconds exceeded), whose outputs must not feed the next step."""
+    """Raise ``JobFailed`` unless the job ``Completed``: the provider's wait also returns on
+    ``Stopped`` (e.g. MaxRuntimeInSeconds exceeded), whose outputs must not feed the next step.
+
+    A ``Failed`` job whose FailureReason is a script or request error is permanent (the same job
+    would fail again); any other ending is transient (the task's retries apply)."""
     status = described.get(status_key)
     if status == TERMINAL_OK:
         return
     reason = described.get("FailureReason") or described.get("ExitMessage") or "no reason given"
-    message = f"SageMaker {kind} job {name} ended {status}: {reason}"
-    if status == "Failed" and reason.startswith(NON_RETRYABLE_FAILURES):
-        raise AirflowFailException(message)
-    raise RuntimeError(message)
+    permanent = status == "Failed" and reason.startswith(NON_RETRYABLE_FAILURES)
+    raise JobFailed(
+        f"SageMaker {kind} job {name} ended {status}: {reason}",
+        kind=Kind.PERMANENT if permanent else Kind.TRANSIENT,
+    )
 
 
 @dataclass(frozen=True)
@@ -179,17 +185,30 @@ class _IdempotentJob:
         except TaskDeferred:
             raise
         except Exception:
-            # Prefer the job's own FailureReason (and its retry policy) to the wait's error.
-            described = getattr(self.hook, self.kind.describe_method)(name)
-            require_completed(self.kind.label, name, described, self.kind.status_key)
+            # Prefer the job's own FailureReason (and its retry policy) to the wait's error. When
+            # the job does not exist (its create call failed, e.g. throttled), the original error
+            # is the root cause: never replace it with the follow-on "not found".
+            described = self._describe_or_none(name)
+            if described is not None:
+                self._require_completed(name, described)
             raise
+
+    def _describe_or_none(self, name: str) -> dict | None:
+        try:
+            return getattr(self.hook, self.kind.describe_method)(name)
+        except Exception:
+            return None
 
     def _final(self, name: str) -> dict:
         described = getattr(self.hook, self.kind.describe_method)(name)
-        require_completed(self.kind.label, name, described, self.kind.status_key)
+        self._require_completed(name, described)
         return described
 
+    def _require_completed(self, name: str, described: dict) -> None:
+        require_completed(self.kind.label, name, described, self.kind.status_key)
 
+
+@failure_policy
 class IdempotentProcessingOperator(_IdempotentJob, SageMakerProcessingOperator):
     """``SageMakerProcessingOperator`` that reuses or resumes this request's job on re-runs."""
 
@@ -211,6 +230,27 @@ class IdempotentProcessingOperator(_IdempotentJob, SageMakerProcessingOperator):
         return {"Processing": serialize(described)}
 
 
+def permanent_training_failures(conn: Any, tuning_job: str) -> str | None:
+    """A summary when every failed training job of ``tuning_job`` failed with a script or
+    request error (so a new tuning job would fail the same way); ``None`` otherwise."""
+    failed = list(
+        _paginate(
+            conn.list_training_jobs_for_hyper_parameter_tuning_job,
+            "TrainingJobSummaries",
+            HyperParameterTuningJobName=tuning_job,
+            StatusEquals="Failed",
+        )
+    )
+    reasons = [(s["TrainingJobName"], s.get("FailureReason") or "") for s in failed]
+    if not reasons or not all(r.startswith(NON_RETRYABLE_FAILURES) for _, r in reasons):
+        return None
+    first_name, first_reason = reasons[0]
+    return (
+        f"All {len(reasons)} failed training job(s) failed with a script or request error; "
+        f"first: {first_name}: {first_reason}"
+    )
+
+
 def _tuning_result(described: dict) -> dict:
     # A tuning job can complete with every training job failed: no model to go on with.
     if not described.get("BestTrainingJob"):
@@ -221,10 +261,25 @@ def _tuning_result(described: dict) -> dict:
     return {"Tuning": serialize(described)}
 
 
+@failure_policy
 class IdempotentTuningOperator(_IdempotentJob, SageMakerTuningOperator):
-    """``SageMakerTuningOperator`` that reuses or resumes this request's tuning job on re-runs."""
+    """``SageMakerTuningOperator`` that reuses or resumes this request's tuning job on re-runs.
+
+    A tuning job whose training jobs all failed with script or request errors is a permanent
+    failure: SageMaker's own reason for the tuning job does not say so (on AWS it reads "No
+    training job succeeded after N attempts..."), so the failed training jobs are looked at."""
 
     kind = _TUNING
+
+    def _require_completed(self, name: str, described: dict) -> None:
+        try:
+            super()._require_completed(name, described)
+        except JobFailed as err:
+            if described.get(self.kind.status_key) == "Failed" and err.kind is Kind.TRANSIENT:
+                cause = permanent_training_failures(self.hook.conn, name)
+                if cause:
+                    raise JobFailed(f"{err}. {cause}", kind=Kind.PERMANENT) from err
+            raise
 
     def execute(self, context: Any) -> dict:
         """Reuse a completed tuning job, wait for a running one, or start the next attempt."""
@@ -262,23 +317,66 @@ def find_registered_version(conn: Any, group: str, registration_key: str) -> str
     return None
 
 
+def ensure_model_package_group(conn: Any, request: dict[str, Any]) -> bool:
+    """Create the model package group of ``request`` (CreateModelPackageGroup, with its tags)
+    unless it exists; True when this call created it.
+
+    The provider's operator creates a missing group without tags, and a versioned package cannot
+    carry tags itself (botocore's docs of CreateModelPackage.Tags), so the group is created here
+    first. "Already exists" is matched the way the provider's ``create_model_package_group``
+    matches it; an existing group keeps the tags it has."""
+    try:
+        conn.create_model_package_group(**request)
+    except conn.exceptions.ClientError as err:
+        error = err.response["Error"]
+        if error["Code"] == "ValidationException" and error["Message"].startswith(
+            "Model Package Group already exists"
+        ):
+            return False
+        raise
+    return True
+
+
+@failure_policy
 class IdempotentRegisterModelVersionOperator(SageMakerRegisterModelVersionOperator):
-    """Registers one model version per run date and model; emits an Asset event with its ARN."""
+    """Registers one model version per run date and model.
+
+    The Asset event goes through an ``AssetAlias`` outlet: the event for ``new_version_asset`` is
+    added only when this try registered the version, so a re-run that finds its version emits
+    nothing (a static Asset outlet would emit on every successful try)."""
 
     template_fields: Sequence[str] = (
         *SageMakerRegisterModelVersionOperator.template_fields,
         "extras",
+        "package_group",
     )
 
+    def __init__(
+        self,
+        *,
+        new_version_asset: Asset | None = None,
+        package_group: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.new_version_asset = new_version_asset
+        # CreateModelPackageGroup request (with the tags); ``None`` leaves it to the provider.
+        self.package_group = package_group
+
     def execute(self, context: Any) -> str:
-        """Return the existing version's ARN, or register a new one."""
+        """Return the existing version's ARN, or register a new one (and emit its event)."""
         key = self.extras["CustomerMetadataProperties"]["registration_key"]
         arn = find_registered_version(self.hook.conn, self.package_group_name, key)
         if arn:
-            self.log.info("Model version %s already registered for this run; reusing it", arn)
-        else:
-            arn = super().execute(context)
-            self.log.info("Registered model version %s", arn)
+            self.log.info(
+                "Model version %s already registered for this run; reusing it (no new Asset event)",
+                arn,
+            )
+            return arn
+        if self.package_group and ensure_model_package_group(self.hook.conn, self.package_group):
+            self.log.info("Created model package group %s", self.package_group_name)
+        arn = super().execute(context)
+        self.log.info("Registered model version %s", arn)
         described = self.hook.conn.describe_model_package(ModelPackageName=arn)
         extra = {
             "model_package_arn": arn,
@@ -286,11 +384,20 @@ class IdempotentRegisterModelVersionOperator(SageMakerRegisterModelVersionOperat
             "approval_status": described["ModelApprovalStatus"],
             "run_date": self.extras["CustomerMetadataProperties"].get("run_date", ""),
         }
-        for outlet in self.outlets:
-            context["outlet_events"][outlet].extra = extra
+        if self.new_version_asset is not None:
+            for outlet in self.outlets:
+                if isinstance(outlet, AssetAlias):
+                    context["outlet_events"][outlet].add(self.new_version_asset, extra=extra)
         return arn
 
 
+@failure_policy
+class DataArrivalSensor(SqlSensor):
+    """``SqlSensor`` under the failure policy: a SQL or auth error in the data-arrival query fails
+    at once instead of being poked and retried until the sensor's timeout."""
+
+
+@failure_policy
 class PrestoToS3Operator(BaseOperator):
     """Run a templated Presto SQL file and stream its result to S3 as Parquet parts.
 

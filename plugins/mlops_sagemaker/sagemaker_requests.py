@@ -22,6 +22,13 @@ from mlops_sagemaker.naming import (
 )
 
 PROCESSING_ROOT = "/opt/ml/processing"
+# With network isolation the training container cannot download ``sagemaker_submit_directory``
+# from S3; SageMaker delivers the tarball as the input channel ``code`` and the hyperparameter
+# names its path in the container, as the SageMaker Python SDK does (aws/sagemaker-python-sdk
+# v2 ``src/sagemaker/estimator.py``: ``code_channel_name = "code"``,
+# ``CONTAINER_CODE_CHANNEL_SOURCEDIR_PATH``, ``_prepare_for_training``).
+CODE_CHANNEL = "code"
+CODE_CHANNEL_SOURCEDIR = f"/opt/ml/input/data/{CODE_CHANNEL}/sourcedir.tar.gz"
 CONTENT_TYPES = ["text/csv", "application/json", "application/jsonlines"]
 
 
@@ -92,6 +99,26 @@ def _s3_input(name: str, uri: str, local_path: str) -> dict[str, Any]:
             "S3InputMode": "File",
             "S3DataDistributionType": "FullyReplicated",
         },
+    }
+
+
+def _code_channel(sourcedir_uri: str) -> dict[str, Any]:
+    """The ``code`` training channel carrying ``sourcedir.tar.gz`` (for network isolation).
+
+    As the SDK builds it (``_Job._prepare_channel`` with a plain URI): an ``S3Prefix`` naming
+    the one object, ``FullyReplicated``, no content type. ``CompressionType`` stays ``None``:
+    ``Gzip`` applies to Pipe mode only, and the toolkit unpacks the tarball itself.
+    """
+    return {
+        "ChannelName": CODE_CHANNEL,
+        "DataSource": {
+            "S3DataSource": {
+                "S3DataType": "S3Prefix",
+                "S3Uri": sourcedir_uri,
+                "S3DataDistributionType": "FullyReplicated",
+            }
+        },
+        "CompressionType": "None",
     }
 
 
@@ -204,9 +231,10 @@ def tuning_request(
     settings, tuning, data = config.sagemaker, config.tuning, config.dataset
     paths = run_paths(config, run.ds)
     # The SageMaker SDK JSON-encodes framework hyperparameters; the training toolkit decodes them.
+    isolated = settings.network.enable_network_isolation
     static = {
         "sagemaker_program": "train.py",
-        "sagemaker_submit_directory": code.sourcedir_uri,
+        "sagemaker_submit_directory": CODE_CHANNEL_SOURCEDIR if isolated else code.sourcedir_uri,
         "sagemaker_region": region,
         "sagemaker_container_log_level": 20,
         "key_column": data.key_column,
@@ -252,6 +280,8 @@ def tuning_request(
         }
         for name in ("train", "validation")
     ]
+    if isolated:
+        channels.append(_code_channel(code.sourcedir_uri))
     definition: dict[str, Any] = {
         "StaticHyperParameters": {k: json.dumps(v) for k, v in static.items()},
         "AlgorithmSpecification": {
@@ -335,7 +365,8 @@ def registration_request(
     evaluation_uri: str,
     metadata: dict[str, Any],
 ) -> dict[str, Any]:
-    """CreateModelPackage request for a new version in the use case's model package group.
+    """CreateModelPackage request for a new version in the use case's model package group
+    (which ``model_package_group_request`` creates, with the tags).
 
     ``registration_key`` (in the description and the metadata) identifies the run date + model:
     re-running the registration finds the version it created instead of adding another.
@@ -374,7 +405,27 @@ def registration_request(
                 "Statistics": {"ContentType": "application/json", "S3Uri": evaluation_uri}
             }
         },
+        # No Tags: a versioned package takes its group's tags (see model_package_group_request).
         "CustomerMetadataProperties": properties,
         "ClientToken": key,
-        "Tags": tags(config, run, "registration"),
+    }
+
+
+def model_package_group_request(config: UseCase) -> dict[str, Any]:
+    """CreateModelPackageGroup request carrying the tags of every version in the group.
+
+    botocore's documentation of ``CreateModelPackage.Tags``: with ``ModelPackageGroupName`` the
+    package "uses the tags associated with the model group. In this case, you cannot supply a
+    tag argument." So the tags go on the group (created before the first registration); what
+    is specific to a version (run date, jobs, metrics) is in its CustomerMetadataProperties.
+    """
+    merged = {
+        **config.sagemaker.tags,
+        "mlops:use-case": config.use_case,
+        "mlops:managed-by": "airflow",
+    }
+    return {
+        "ModelPackageGroupName": config.registry.model_package_group,
+        "ModelPackageGroupDescription": (config.registry.description or config.use_case)[:1024],
+        "Tags": [{"Key": k, "Value": v} for k, v in sorted(merged.items())],
     }

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import json
+import subprocess
 import tarfile
 import threading
 import time
@@ -17,13 +18,13 @@ from collections.abc import Iterator
 from typing import Any
 
 import boto3
-import joblib
 import numpy as np
 import pytest
 from botocore.config import Config
 from botocore.exceptions import ClientError
 from sklearn.linear_model import LogisticRegression
 
+from local_stack import images
 from local_stack.aws_endpoint.server import LocalAwsEndpoint
 
 REGION = "us-east-1"
@@ -37,7 +38,6 @@ import os
 import sys
 from pathlib import Path
 
-import joblib
 import numpy as np
 
 
@@ -136,10 +136,27 @@ def _tar(files: dict[str, bytes]) -> bytes:
     return buffer.getvalue()
 
 
-def _joblib_bytes(model: Any) -> bytes:
-    buffer = io.BytesIO()
-    joblib.dump(model, buffer)
-    return buffer.getvalue()
+def _joblib_bytes(model: LogisticRegression) -> bytes:
+    """``model`` pickled by the image's scikit-learn (the servers run the image's venv, which
+    cannot load a pickle of the host's newer scikit-learn): same coefficients, same answers."""
+    fitted = {
+        "coef_": model.coef_.tolist(),
+        "intercept_": model.intercept_.tolist(),
+        "classes_": model.classes_.tolist(),
+    }
+    script = (
+        "import io, json, sys, joblib, numpy as np\n"
+        "from sklearn.linear_model import LogisticRegression\n"
+        "model = LogisticRegression()\n"
+        "for name, value in json.loads(sys.argv[1]).items():\n"
+        "    setattr(model, name, np.array(value))\n"
+        "model.n_features_in_ = model.coef_.shape[1]\n"
+        "buffer = io.BytesIO(); joblib.dump(model, buffer); sys.stdout.buffer.write(buffer.getvalue())\n"
+    )
+    python = images.interpreter_for(IMAGE)
+    return subprocess.run(
+        [str(python), "-c", script, json.dumps(fitted)], capture_output=True, check=True
+    ).stdout
 
 
 def _trained(seed: int) -> LogisticRegression:

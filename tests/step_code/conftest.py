@@ -1,13 +1,22 @@
 """Fixtures for the step-code tests: real TPC-H rows (DuckDB dbgen, sf 0.01) and the scripts.
 
-The extraction frame is built like ``include/sql/tpch_orders/training.sql`` builds it in Presto:
-one row per order with the aggregated line-item features and the "all lines late" label.
+The step code runs in SageMaker's scikit-learn images, so its tests run on each image's
+interpreter and packages, never the host's: the host's pytest collects only
+``test_images.py``, which runs this folder's ``test_step_*.py`` with the pytest of every image
+venv (``local_stack/images.py``) in a subprocess, with ``STEP_CODE_IMAGE`` set to the framework
+version. Under an image these modules (and the scripts and ``local_stack.toolkits`` they
+import) must work on the image's Python (3.9 for ``1.2-1``).
+
+The extraction frame (real TPC-H rows, built like ``include/sql/tpch_orders/training.sql``
+builds it in Presto) is generated on the host with DuckDB, which the images do not ship, and
+handed over as Parquet in ``STEP_CODE_TPCH_PARQUET``.
 """
 
 from __future__ import annotations
 
 import importlib.util
-import itertools
+import os
+import platform
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,6 +27,10 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+
+IMAGE = os.environ.get("STEP_CODE_IMAGE")
+# Under an image: the step-code tests; on the host: only the runner that starts them per image.
+collect_ignore_glob = ["test_images.py"] if IMAGE else ["test_step_*.py"]
 
 ROOT = Path(__file__).resolve().parents[2]
 STEP_CODE_DIR = ROOT / "include" / "step_code"
@@ -31,36 +44,16 @@ FEATURES = [
     "total_payable_tax",
 ]
 
-# DuckDB's TPC-H tables prefix their columns (o_orderkey, l_extendedprice, ...); Presto's don't.
-ORDERS_SQL = """
-SELECT
-    o.o_orderkey AS orderkey,
-    o.o_orderdate AS orderdate,
-    CAST(SUM(l.l_extendedprice) AS DOUBLE) AS total_extended_price,
-    CAST(AVG(l.l_discount) AS DOUBLE) AS avg_discount,
-    CAST(SUM(l.l_quantity) AS DOUBLE) AS total_quantity,
-    COUNT(*) AS lineitem_count,
-    CAST(SUM(l.l_extendedprice * (1 - l.l_discount) * l.l_tax) AS DOUBLE) AS total_payable_tax,
-    CASE WHEN MIN(CASE WHEN l.l_receiptdate > l.l_commitdate THEN 1 ELSE 0 END) = 1
-        THEN 1 ELSE 0 END AS label
-FROM orders AS o
-JOIN lineitem AS l ON l.l_orderkey = o.o_orderkey
-GROUP BY o.o_orderkey, o.o_orderdate
-ORDER BY o.o_orderkey
-"""
 
+def pytest_report_header() -> list[str]:
+    """Which interpreter and libraries the step code is tested on (the runner checks it)."""
+    import numpy
+    import sklearn
 
-def tpch_orders_table(scale_factor: float = 0.01) -> pa.Table:
-    """The extraction frame for every TPC-H order, generated offline with DuckDB."""
-    import duckdb
-    import duckdb_extension_tpch
-
-    package_dir = Path(duckdb_extension_tpch.__file__).parent
-    extension = next(package_dir.rglob("tpch.duckdb_extension"))
-    with duckdb.connect() as con:
-        con.execute(f"LOAD '{extension}'")
-        con.execute(f"CALL dbgen(sf={float(scale_factor)})")
-        return con.execute(ORDERS_SQL).to_arrow_table()
+    return [
+        f"step-code image: {IMAGE or 'none (host)'}; python {platform.python_version()}; "
+        f"scikit-learn {sklearn.__version__}; pandas {pd.__version__}; numpy {numpy.__version__}"
+    ]
 
 
 @dataclass(frozen=True)
@@ -87,8 +80,11 @@ def step_code_dir() -> Path:
 @pytest.fixture(scope="session")
 def tpch_orders() -> pa.Table:
     """Arrow table: orderkey int64, orderdate date32, float64 features, lineitem_count int64,
-    label int32 — the schema the extraction task writes."""
-    return tpch_orders_table()
+    label int32 — the schema the extraction task writes (from ``STEP_CODE_TPCH_PARQUET``)."""
+    path = os.environ.get("STEP_CODE_TPCH_PARQUET")
+    if not path:
+        pytest.fail("STEP_CODE_TPCH_PARQUET is not set: run these tests through test_images.py")
+    return pq.read_table(path)
 
 
 @pytest.fixture(scope="session")
@@ -103,7 +99,7 @@ def tpch_input_dir(tmp_path_factory: pytest.TempPathFactory, tpch_orders: pa.Tab
     directory = tmp_path_factory.mktemp("extract")
     rows = tpch_orders.num_rows
     bounds = [0, rows // 3, 2 * rows // 3, rows]
-    for part, (start, stop) in enumerate(itertools.pairwise(bounds)):
+    for part, (start, stop) in enumerate(zip(bounds, bounds[1:])):
         pq.write_table(
             tpch_orders.slice(start, stop - start), directory / f"part-{part:05d}.parquet"
         )

@@ -1,7 +1,8 @@
 """Requests and SQL the training DAG would send, for several run dates.
 
-Every SageMaker request is validated against botocore's ``sagemaker`` service model, the SQL is
-parsed as Presto SQL, and names are unique per date and within SageMaker's limits.
+Every SageMaker request is validated against every rule of botocore's ``sagemaker`` service
+model (``local_stack.sagemaker_runtime.validation``, the validator the local runtime uses), the
+SQL is parsed as Presto SQL, and names are unique per date and within SageMaker's limits.
 """
 
 from __future__ import annotations
@@ -9,11 +10,10 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import botocore.session
 import pytest
 import sqlglot
-from botocore.validate import ParamValidator
 
+from local_stack.sagemaker_runtime import validation
 from mlops_sagemaker import tasks
 from mlops_sagemaker.config import load_use_case
 from mlops_sagemaker.naming import MAX_NAME, MAX_TUNING_NAME
@@ -22,15 +22,13 @@ from mlops_sagemaker.training_dag import build_training_dag
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = load_use_case(ROOT / "include/config/tpch_orders.yaml")
-MODEL = botocore.session.get_session().get_service_model("sagemaker")
 RUN_DATES = ["1993-01-01", "1996-02-29", "1996-12-31", "1997-01-01", "1998-08-02"]
 IMAGE = "683313688378.dkr.ecr.us-east-1.amazonaws.com/sagemaker-scikit-learn:1.2-1-cpu-py3"
 
 
 def validate(operation: str, request: dict) -> None:
-    shape = MODEL.operation_model(operation).input_shape
-    report = ParamValidator().validate(request, shape)
-    assert not report.has_errors(), report.generate_report()
+    found = validation.violations(operation, request)
+    assert not found, validation.report(found)
 
 
 def staged() -> dict[str, str]:
@@ -110,6 +108,82 @@ def test_requests_are_valid_for_botocore(ds: str) -> None:
     validate("CreateHyperParameterTuningJob", plans["tuning"])
     validate("CreateProcessingJob", plans["evaluation"])
     validate("CreateModelPackage", plans["registration"]["extras"])
+    validate("CreateModelPackageGroup", plans["registration"]["package_group"])
+    # A versioned package takes its group's tags and cannot carry its own (botocore's docs).
+    assert "Tags" not in plans["registration"]["extras"]
+    assert {"Key": "mlops:use-case", "Value": "tpch_orders"} in plans["registration"][
+        "package_group"
+    ]["Tags"]
+
+
+def test_validator_rejects_a_too_long_tuning_job_name_with_aws_wording() -> None:
+    tuning = {**plans_for("1996-02-29")["tuning"], "HyperParameterTuningJobName": "a" * 33}
+    with pytest.raises(validation.RequestRejected) as err:
+        validation.check("CreateHyperParameterTuningJob", tuning)
+    assert err.value.code == "ValidationException"
+    value = "a" * 33
+    assert err.value.message == (
+        f"2 validation errors detected: Value '{value}' at 'hyperParameterTuningJobName' failed "
+        "to satisfy constraint: Member must satisfy regular expression pattern: "
+        f"[a-zA-Z0-9](-*[a-zA-Z0-9]){{0,31}}; Value '{value}' at 'hyperParameterTuningJobName' "
+        "failed to satisfy constraint: Member must have length less than or equal to 32"
+    )
+
+
+def test_validator_rejects_a_bad_enum_with_aws_wording() -> None:
+    request = {**plans_for("1996-02-29")["registration"]["extras"]}
+    request["ModelApprovalStatus"] = "Pending"
+    with pytest.raises(validation.RequestRejected) as err:
+        validation.check("CreateModelPackage", request)
+    assert err.value.message == (
+        "1 validation error detected: Value 'Pending' at 'modelApprovalStatus' failed to satisfy "
+        "constraint: Member must satisfy enum value set: [Approved, Rejected, "
+        "PendingManualApproval]"
+    )
+
+
+def test_validator_paths_for_nested_lists_and_maps() -> None:
+    request = {**plans_for("1996-02-29")["registration"]["extras"]}
+    spec = request["InferenceSpecification"]
+    container = {**spec["Containers"][0], "Image": "x" * 300}
+    request["InferenceSpecification"] = {**spec, "Containers": [container]}
+    request["CustomerMetadataProperties"] = {"bad key!": "v"}
+    messages = [v.message() for v in validation.violations("CreateModelPackage", request)]
+    assert any(
+        "at 'inferenceSpecification.containers.1.member.image' failed to satisfy constraint: "
+        "Member must have length less than or equal to 255" in m
+        for m in messages
+    ), messages
+    assert any(
+        m.startswith(
+            "Value '{bad key!=v}' at 'customerMetadataProperties' failed to satisfy "
+            "constraint: Map keys must satisfy constraint: [Member must have length"
+        )
+        for m in messages
+    ), messages
+
+
+def test_validator_translates_java_only_patterns() -> None:
+    # Unicode classes (\\p{L}): what Python's re cannot compile.
+    ok = {"ResourceArn": "arn:aws:sagemaker:us-east-1:123456789012:model/m",
+          "Tags": [{"Key": "équipe", "Value": "données"}]}  # fmt: skip
+    assert validation.violations("AddTags", ok) == []
+    bad = {**ok, "Tags": [{"Key": "team", "Value": "a,b 😀"}]}
+    (found,) = validation.violations("AddTags", bad)
+    assert found.path == "tags.1.member.value"
+    assert found.constraint.startswith("Member must satisfy regular expression pattern: ")
+    # A Java surrogate-pair range is one range of supplementary code points.
+    catalog = validation.java_pattern(r"[\u0020-\uD7FF\uE000-\uFFFD\uD800\uDC00-\uDBFF\uDFFF\t]*")
+    assert catalog.fullmatch("data 😀\t") and not catalog.fullmatch("a\nb")
+
+
+def test_validator_refuses_wrong_types_and_unknown_members_like_the_deserializer() -> None:
+    with pytest.raises(validation.RequestRejected) as err:
+        validation.violations("ListTrainingJobs", {"MaxResults": "10"})
+    assert err.value.code == "SerializationException"
+    with pytest.raises(validation.RequestRejected) as err:
+        validation.violations("ListTrainingJobs", {"MaxResult": 10})
+    assert err.value.code == "SerializationException"
 
 
 @pytest.mark.parametrize("ds", RUN_DATES)
