@@ -47,5 +47,7 @@ bench: install
 	PYTHONPATH=. $(BIN)/python bench/runtime_overhead.py
 	PYTHONPATH=. $(BIN)/python bench/extract_memory.py
 
+# Also forgets the local AWS endpoint's saved state (.local/sagemaker: S3, jobs, registry);
+# `LOCAL_STACK_CLEAN=1 make ui` forgets only that.
 clean:
 	rm -rf .local .pytest_cache .ruff_cache

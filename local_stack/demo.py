@@ -3,7 +3,9 @@
 Starts the Presto stand-in and the local AWS endpoint, creates the bucket, points Airflow's
 connections at them (SQLite metadata DB under ``.local/airflow``), runs the real training DAG
 for a TPC-H run date with ``airflow dags test``, prints what it produced and stops the stack.
-Environment: ``DEMO_DATE`` (default 1996-02-29), ``PRESTO_PORT``, ``AWS_ENDPOINT_PORT``.
+Environment: ``DEMO_DATE`` (default 1996-02-29), ``PRESTO_PORT``, ``AWS_ENDPOINT_PORT``,
+``LOCAL_STACK_CLEAN=1`` to forget the AWS endpoint's saved state first (by default a second
+demo for the same date finds and reuses the first one's jobs and model version).
 """
 
 from __future__ import annotations

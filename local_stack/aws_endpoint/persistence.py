@@ -206,7 +206,8 @@ def restore_sagemaker(runtime: Runtime, data: bytes) -> None:
 def _lost_reason() -> str:
     return (
         "InternalServerError: the local AWS endpoint stopped while this job was running "
-        f"(state reloaded {time.strftime('%Y-%m-%dT%H:%M:%S')}); the job did not finish. "
+        f"(state reloaded {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}); the job did "
+        "not finish. "
         "Start it again."
     )
 

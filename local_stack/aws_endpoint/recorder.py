@@ -6,6 +6,12 @@ record, so a test can compare what the DAGs really call with the IAM policies in
 * ``action`` is the IAM action (``s3:GetObject``), ``operation`` the API operation
   (``HeadObject``) and ``resource`` the ARN IAM would evaluate, or ``*`` for actions without
   resource-level permissions (``List*``, ``sts:GetCallerIdentity``, ...).
+* ``context`` holds the request's values of the condition keys the policies use
+  (``s3:prefix`` of a list; ``iam:PassedToService`` and ``sagemaker:TaggingAction`` below).
+* A SageMaker ``Create*`` also needs, per the authorization reference's "dependent actions",
+  ``iam:PassRole`` on its ``RoleArn`` (passed to ``sagemaker.amazonaws.com``) and, when it
+  carries ``Tags``, ``sagemaker:AddTags`` on the new resource: both are recorded as calls of
+  their own with ``implied_by`` naming the operation.
 * ``principal`` says whose credentials signed it: ``execution-role`` for the SageMaker
   runtime's own clients and job processes (access key ``EXECUTION_ROLE_ACCESS_KEY_ID``, what
   SageMaker does with the job's ``RoleArn``), ``airflow`` for the Amazon provider's hooks
@@ -29,6 +35,7 @@ import re
 import threading
 from typing import Any
 from urllib.parse import parse_qs, unquote
+from xml.sax.saxutils import unescape
 
 from local_stack.sagemaker_runtime.runtime import EXECUTION_ROLE_ACCESS_KEY_ID
 
@@ -180,34 +187,73 @@ def _resource(service: str, operation: str, params: dict[str, Any], path: str, w
     return "*"
 
 
-def describe(environ: dict[str, Any], where: str) -> dict[str, str] | None:
-    """The record of one request to the endpoint of ``where`` (``<region>:<account>``), or
-    None when it is unsigned. Reads a small body and puts it back for the answering app."""
+def _implied(call: dict[str, Any], params: dict[str, Any]) -> list[dict[str, Any]]:
+    """The dependent actions of a SageMaker create (see the module docstring)."""
+    operation = call["operation"]
+    if call["service"] != "sagemaker" or not operation.startswith("Create"):
+        return []
+    implied = []
+    role = params.get("RoleArn")
+    if isinstance(role, str):
+        context = {"iam:PassedToService": "sagemaker.amazonaws.com"}
+        implied.append({"action": "iam:PassRole", "resource": role, "context": context})
+    if params.get("Tags"):
+        context = {"sagemaker:TaggingAction": operation}
+        implied.append(
+            {"action": "sagemaker:AddTags", "resource": call["resource"], "context": context}
+        )
+    base = {k: call[k] for k in ("principal", "service")}
+    return [{**base, "operation": operation, "implied_by": operation, **i} for i in implied]
+
+
+def describe(environ: dict[str, Any], where: str) -> list[dict[str, Any]]:
+    """The records of one request to the endpoint of ``where`` (``<region>:<account>``): the
+    call and its dependent actions; none when it is unsigned. Reads a small body and puts it
+    back for the application that answers."""
     auth = environ.get("HTTP_AUTHORIZATION", "")
     match = _CREDENTIAL.search(auth)
     if match is None:  # presigned URL
         query = environ.get("QUERY_STRING", "").replace("%2F", "/").replace("%2f", "/")
         match = _QUERY_CREDENTIAL.search(query)
     if match is None:
-        return None
+        return []
     access_key, service = match.groups()
     principal = _principal(access_key, environ.get("HTTP_USER_AGENT", ""))
     path = environ.get("PATH_INFO", "")
+    params: dict[str, Any] = {}
+    context: dict[str, str] = {}
     if service == "s3":
         operation, action, resource = _s3_call(environ)
+        query = parse_qs(environ.get("QUERY_STRING", ""), keep_blank_values=True)
+        if action == "s3:ListBucket" and "prefix" in query:  # absent from HeadBucket
+            context["s3:prefix"] = query["prefix"][0]
+        if operation == "DeleteObjects":  # authorized as s3:DeleteObject on every key
+            keys = re.findall(rb"<Key>([^<]*)</Key>", _read_body(environ))
+            base = {"principal": principal, "service": service, "action": action}
+            return [
+                {
+                    **base,
+                    "operation": operation,
+                    "resource": f"{resource}/{unescape(k.decode())}",
+                    "context": {},
+                }
+                for k in keys
+            ]
     else:
         operation, params = _json_or_query(environ, _read_body(environ))
         if service == "sagemaker" and _INVOKE.match(path):
             operation = "InvokeEndpoint"
         action = f"{service}:{operation}"
         resource = _resource(service, operation, params, path, where)
-    return {
+    call = {
         "principal": principal,
         "service": service,
         "action": action,
         "operation": operation,
         "resource": resource,
+        "context": context,
     }
+    return [call, *_implied(call, params)]
 
 
 class CallRecorder:
@@ -216,16 +262,15 @@ class CallRecorder:
     def __init__(self, region: str, account_id: str) -> None:
         self._where = f"{region}:{account_id}"
         self._lock = threading.Lock()
-        self._calls: list[dict[str, str]] = []
+        self._calls: list[dict[str, Any]] = []
 
     def record(self, environ: dict[str, Any]) -> None:
         """Record one WSGI request (no-op for unsigned ones)."""
-        call = describe(environ, self._where)
-        if call is not None:
-            with self._lock:
-                self._calls.append(call)
+        calls = describe(environ, self._where)
+        with self._lock:
+            self._calls.extend(calls)
 
-    def calls(self, principal: str | None = None) -> list[dict[str, str]]:
+    def calls(self, principal: str | None = None) -> list[dict[str, Any]]:
         """A copy of the records, optionally of one principal only."""
         with self._lock:
             return [dict(c) for c in self._calls if principal in (None, c["principal"])]

@@ -252,6 +252,7 @@ def build_training_dag(config: UseCase, include_dir: Path) -> DAG:
             new_version_asset=model_versions_asset(config),
         )
         check >> wait_for_data >> extract
+        check >> staged
 
     return dag
 

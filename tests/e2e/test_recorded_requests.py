@@ -76,7 +76,12 @@ def recorded(tmp_path_factory: pytest.TempPathFactory) -> dict:
             runs[ds] = (result.returncode, result.stdout + result.stderr)
         with urllib.request.urlopen(f"{stack.aws_url}/_local/sagemaker/calls") as answer:
             calls = json.load(answer)
-    return {"runs": runs, "calls": calls}
+        sm = stack.client("sagemaker")
+        training = [
+            sm.describe_training_job(TrainingJobName=job["TrainingJobName"])
+            for job in sm.list_training_jobs(MaxResults=100)["TrainingJobSummaries"]
+        ]
+    return {"runs": runs, "calls": calls, "training_jobs": training}
 
 
 def test_every_run_with_all_options_on_registers_a_version(recorded) -> None:
@@ -137,3 +142,20 @@ def test_the_requests_carry_every_option(recorded) -> None:
     assert {"Key": "cost-center", "Value": "ml-1234"} in tagged[0]["Tags"]
     dates = {r["CustomerMetadataProperties"]["run_date"] for r in by_action["CreateModelPackage"]}
     assert dates == set(RUN_DATES)
+
+
+def test_isolated_training_jobs_got_their_code_through_the_code_channel(recorded) -> None:
+    """With isolation the local runtime gives a job no endpoint, credentials or network: the runs
+    above only registered versions because the code arrived as the ``code`` input channel."""
+    training = recorded["training_jobs"]
+    assert len(training) == 2 * len(RUN_DATES)
+    for described in training:
+        assert described["TrainingJobStatus"] == "Completed"
+        assert described["EnableNetworkIsolation"] is True
+        channels = {c["ChannelName"]: c for c in described["InputDataConfig"]}
+        assert set(channels) == {"train", "validation", "code"}
+        code_uri = channels["code"]["DataSource"]["S3DataSource"]["S3Uri"]
+        assert code_uri.endswith("/sourcedir.tar.gz")
+        assert json.loads(described["HyperParameters"]["sagemaker_submit_directory"]) == (
+            "/opt/ml/input/data/code/sourcedir.tar.gz"
+        )

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
 import socket
 import sqlite3
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -32,7 +34,9 @@ def free_port() -> int:
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory):
     home = tmp_path_factory.mktemp("stack")
-    with LocalStack(presto_port=free_port(), aws_port=free_port(), home=Path(home)) as running:
+    with LocalStack(
+        presto_port=free_port(), aws_port=free_port(), home=Path(home), clean=True
+    ) as running:
         running.migrate_db()
         yield running
 
@@ -54,6 +58,16 @@ def blocking_include(tmp_path: Path) -> dict[str, str]:
     assert "  deferrable: true" in text
     config.write_text(text.replace("  deferrable: true", "  deferrable: false"))
     return {"MLOPS_INCLUDE_DIR": str(include)}
+
+
+# Calls the endpoint recorded before a restart (its recorder is per process), for the IAM test.
+CALLS_BEFORE_RESTARTS: list[dict] = []
+
+
+def recorded_calls(stack: LocalStack) -> list[dict]:
+    """The AWS calls the local endpoint recorded as IAM actions (``GET /_local/calls``)."""
+    with urllib.request.urlopen(f"{stack.aws_url}/_local/calls") as answer:
+        return json.load(answer)
 
 
 def job_counts(stack: LocalStack) -> dict[str, int]:
@@ -106,7 +120,12 @@ def test_run_registers_a_version_despite_throttling_and_rerun_duplicates_nothing
     assert container["Environment"]["SAGEMAKER_PROGRAM"] == "inference.py"
     assert asset_event_arns(stack) == [version["arn"]]
 
+    # The local endpoint keeps its state: a crash (SIGKILL, no chance to save more) between the
+    # runs loses nothing, as on AWS, where nothing is lost when a client restarts.
     before = job_counts(stack)
+    CALLS_BEFORE_RESTARTS.extend(recorded_calls(stack))
+    stack.restart_aws(signal.SIGKILL)
+    assert job_counts(stack) == before, "the endpoint restart lost jobs"
     code, log = run_dag(stack, ds)
     assert code == 0, log[-5000:]
     assert job_counts(stack) == before, "a re-run started new SageMaker jobs"
@@ -138,8 +157,29 @@ def test_failed_sagemaker_job_fails_the_task_with_its_failure_reason(stack) -> N
     assert training_summary(stack, "tpch_orders", GROUP, ds)["registered_versions"] == []
 
 
-def test_zz_dump_calls(stack) -> None:
-    import urllib.request
+def test_iam_policies_grant_exactly_what_the_runs_called(stack) -> None:
+    """Last in the module: every AWS call the runs above made (recorded by the local endpoint
+    as IAM actions, ``GET /_local/calls``) is allowed by the rendered policy of its role, and
+    every grant was used or is in ``iam.evaluate.NOT_EXERCISED_LOCALLY`` with its reason."""
+    from iam import evaluate, render
+    from mlops_sagemaker.config import load_use_case
 
-    with urllib.request.urlopen(f"{stack.aws_url}/_local/calls") as answer:
-        Path("/tmp/h4_calls.json").write_text(answer.read().decode())
+    def recorded() -> list[dict]:
+        return CALLS_BEFORE_RESTARTS + recorded_calls(stack)
+
+    calls = recorded()
+    if not any(c["operation"] == "DeleteObjects" for c in calls):  # run alone (-k): a run
+        for _ in range(2):  # and its re-run, as the first test of the module does
+            code, log = run_dag(stack, "1994-03-01")
+            assert code == 0, log[-5000:]
+        calls = recorded()
+    config = load_use_case(ROOT / "include" / "config" / "tpch_orders.yaml")
+    policies = render.render_all(config, "us-east-1", "123456789012")
+    for role, template in (
+        ("airflow", "airflow-role-policy"),
+        ("execution-role", "sagemaker-execution-role-policy"),
+    ):
+        role_calls = [c for c in calls if c["principal"] == role]
+        assert len(role_calls) > 20, f"too few {role} calls recorded to judge its policy"
+        assert evaluate.denied(policies[template], role_calls) == [], f"{role} needs more"
+        assert evaluate.unused(policies[template], role_calls, role) == [], f"{role} gets more"

@@ -38,6 +38,7 @@ import os
 import sys
 from pathlib import Path
 
+import joblib
 import numpy as np
 
 
