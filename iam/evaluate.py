@@ -29,6 +29,10 @@ NOT_EXERCISED_LOCALLY: dict[str, dict[str, str]] = {
             "failed; an `airflow dags test` run is never killed mid-job"
         ),
         "sagemaker:StopHyperParameterTuningJob": "as StopProcessingJob (on_kill of the tuning task)",
+        "sagemaker:ListTrainingJobsForHyperParameterTuningJob": (
+            "called only when a tuning job failed, to tell script errors (permanent) from the "
+            "rest; tests/e2e/test_failure_modes.py checks it is granted"
+        ),
         "kms:Decrypt": (
             "reading job outputs encrypted with the config's kms_key_id (evaluation.json, "
             "baseline.json): moto's S3 does not enforce SSE-KMS permissions"
