@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from test_training_dag import DAG_ID, free_port, recorded_calls, run_dag
+from test_training_dag import DAG_ID, free_port, policies_and_calls, recorded_calls, run_dag
 
 from local_stack.stack import LocalStack
 
@@ -155,17 +155,10 @@ def test_run_date_outside_the_configured_range_fails_loudly(stack) -> None:
 def test_iam_policies_grant_what_the_failure_paths_call(stack) -> None:
     """Last in the module: the calls made only on failure paths (e.g. listing a failed tuning
     job's training jobs) are granted by the rendered policies too."""
-    from iam import evaluate, render
-    from mlops_sagemaker.config import load_use_case
+    from iam import evaluate
 
     calls = recorded_calls(stack)
     operations = {c["operation"] for c in calls}
     assert "ListTrainingJobsForHyperParameterTuningJob" in operations
-    config = load_use_case(ROOT / "include" / "config" / "tpch_orders.yaml")
-    policies = render.render_all(config, "us-east-1", "123456789012")
-    for role, template in (
-        ("airflow", "airflow-role-policy"),
-        ("execution-role", "sagemaker-execution-role-policy"),
-    ):
-        role_calls = [c for c in calls if c["principal"] == role]
-        assert evaluate.denied(policies[template], role_calls) == [], f"{role} needs more"
+    for role, policy, role_calls in policies_and_calls(calls):
+        assert evaluate.denied(policy, role_calls) == [], f"{role} needs more"

@@ -70,6 +70,22 @@ def recorded_calls(stack: LocalStack) -> list[dict]:
         return json.load(answer)
 
 
+def policies_and_calls(calls: list[dict]) -> list[tuple[str, dict, list[dict]]]:
+    """``(role, its rendered policy for the shipped config, the recorded calls it made)``."""
+    from iam import render
+    from mlops_sagemaker.config import load_use_case
+
+    config = load_use_case(ROOT / "include" / "config" / "tpch_orders.yaml")
+    policies = render.render_all(config, "us-east-1", "123456789012")
+    return [
+        (role, policies[template], [c for c in calls if c["principal"] == role])
+        for role, template in (
+            ("airflow", "airflow-role-policy"),
+            ("execution-role", "sagemaker-execution-role-policy"),
+        )
+    ]
+
+
 def job_counts(stack: LocalStack) -> dict[str, int]:
     sm = stack.client("sagemaker")
     return {
@@ -161,8 +177,7 @@ def test_iam_policies_grant_exactly_what_the_runs_called(stack) -> None:
     """Last in the module: every AWS call the runs above made (recorded by the local endpoint
     as IAM actions, ``GET /_local/calls``) is allowed by the rendered policy of its role, and
     every grant was used or is in ``iam.evaluate.NOT_EXERCISED_LOCALLY`` with its reason."""
-    from iam import evaluate, render
-    from mlops_sagemaker.config import load_use_case
+    from iam import evaluate
 
     def recorded() -> list[dict]:
         return CALLS_BEFORE_RESTARTS + recorded_calls(stack)
@@ -173,13 +188,7 @@ def test_iam_policies_grant_exactly_what_the_runs_called(stack) -> None:
             code, log = run_dag(stack, "1994-03-01")
             assert code == 0, log[-5000:]
         calls = recorded()
-    config = load_use_case(ROOT / "include" / "config" / "tpch_orders.yaml")
-    policies = render.render_all(config, "us-east-1", "123456789012")
-    for role, template in (
-        ("airflow", "airflow-role-policy"),
-        ("execution-role", "sagemaker-execution-role-policy"),
-    ):
-        role_calls = [c for c in calls if c["principal"] == role]
+    for role, policy, role_calls in policies_and_calls(calls):
         assert len(role_calls) > 20, f"too few {role} calls recorded to judge its policy"
-        assert evaluate.denied(policies[template], role_calls) == [], f"{role} needs more"
-        assert evaluate.unused(policies[template], role_calls, role) == [], f"{role} gets more"
+        assert evaluate.denied(policy, role_calls) == [], f"{role} needs more"
+        assert evaluate.unused(policy, role_calls, role) == [], f"{role} gets more"
