@@ -77,7 +77,7 @@ def parameters(
         "Prefix": config.storage.prefix.strip("/"),
         "UseCase": config.use_case,
         "JobNamePrefix": config.short_name.lower(),
-        "ModelPackageGroup": config.registry.model_package_group.lower(),
+        "ModelPackageGroup": config.model_package_group.lower(),
         "ExecutionRoleArn": settings.role_arn,
         "KmsKeyArn": kms_key_arn(network.kms_key_id, partition, region, account),
         "VolumeKmsKeyArn": kms_key_arn(network.volume_kms_key_id, partition, region, account),

@@ -1,11 +1,13 @@
-"""``make demo``: the training DAG end to end on the local stack, then a short summary.
+"""``make demo``: the loop so far on the local stack — train for a date, approve (``auto``),
+batch-score the next date — then a short summary of each.
 
 Starts the Presto stand-in and the local AWS endpoint, creates the bucket, points Airflow's
-connections at them (SQLite metadata DB under ``.local/airflow``), runs the real training DAG
-for a TPC-H run date with ``airflow dags test``, prints what it produced and stops the stack.
-Environment: ``DEMO_DATE`` (default 1996-02-29), ``PRESTO_PORT``, ``AWS_ENDPOINT_PORT``,
-``LOCAL_STACK_CLEAN=1`` to forget the AWS endpoint's saved state first (by default a second
-demo for the same date finds and reuses the first one's jobs and model version).
+connections at them (SQLite metadata DB under ``.local/airflow``), runs the real training DAG for
+a TPC-H run date and the real batch-inference DAG for the day after with ``airflow dags test``,
+prints what they produced and stops the stack. Environment: ``DEMO_DATE`` (default 1996-02-29),
+``PRESTO_PORT``, ``AWS_ENDPOINT_PORT``, ``LOCAL_STACK_CLEAN=1`` to forget the AWS endpoint's
+saved state first (by default a second demo for the same date finds and reuses the first one's
+jobs, model version and transform job).
 """
 
 from __future__ import annotations
@@ -14,9 +16,10 @@ import json
 import os
 import sys
 import time
+from datetime import date, timedelta
 
 from local_stack.stack import ROOT, LocalStack
-from local_stack.summary import training_summary
+from local_stack.summary import batch_summary, training_summary
 
 USE_CASE = "tpch_orders"
 
@@ -48,44 +51,83 @@ def _print_summary(summary: dict, gate_threshold: float) -> None:
         print("model package:     none registered for this run date")
 
 
+def _print_batch(summary: dict) -> None:
+    print("\n=== batch inference ===")
+    print(f"run date:          {summary['run_date']}")
+    extracted, published = summary.get("extracted") or {}, summary.get("predictions") or {}
+    print(f"rows extracted:    {extracted.get('row_count')}")
+    version = summary.get("model_version") or {}
+    print(
+        f"model version:     {version.get('version')} ({version.get('status')}, trained for "
+        f"{version.get('trained_for')}): {version.get('arn')}"
+    )
+    print(f"approval:          {version.get('approval')}")
+    print(
+        f"checks:            passed: {published.get('rows')} predictions, every key once, "
+        "probabilities in [0, 1]"
+        if published
+        else "checks:            no predictions published"
+    )
+    drift = summary.get("drift") or {}
+    print(f"drift (PSI):       worst level {drift.get('level', 'not measured')}")
+    for feature in drift.get("features", []):
+        print(f"  {feature['feature']:<24} {feature['psi']:>8.4f}  {feature['level']}")
+    print(f"predictions:       {summary['predictions_uri']}")
+
+
+def _run(stack: LocalStack, dag_id: str, ds: str) -> tuple[int, float, str]:
+    log_path = stack.home / "logs" / f"{dag_id}-{ds}.log"
+    print(f"Running {dag_id} for {ds} with `airflow dags test` (log: {log_path}) ...", flush=True)
+    started = time.monotonic()
+    result = stack.airflow(
+        "dags", "test", dag_id, ds,
+        "--conf", json.dumps({"sagemaker_check_interval_seconds": 1}),
+        check=False,
+    )  # fmt: skip
+    output = result.stdout + result.stderr
+    log_path.write_text(output)
+    return result.returncode, time.monotonic() - started, output
+
+
+def _failed(what: str, output: str) -> int:
+    print(f"The {what} run failed; last lines of its log:", file=sys.stderr)
+    print("\n".join(output.splitlines()[-40:]), file=sys.stderr)
+    return 1
+
+
 def main() -> int:
     """Run the demo; return the process exit code."""
     sys.path.insert(0, str(ROOT / "plugins"))
     from mlops_sagemaker.config import load_use_case
 
     config = load_use_case(ROOT / "include" / "config" / f"{USE_CASE}.yaml")
-    dag_id = f"mlops_{USE_CASE}_training"
+    training = config.need_training()
     ds = os.environ.get("DEMO_DATE", "1996-02-29")
+    batch_ds = (date.fromisoformat(ds) + timedelta(days=1)).isoformat()
     stack = LocalStack(bucket=config.storage.bucket)
     print(
         f"Starting the local stack: Presto stand-in on 127.0.0.1:{stack.presto_port}, "
         f"local AWS endpoint on {stack.aws_url} (logs in {stack.home / 'logs'})",
         flush=True,
     )
+    started = time.monotonic()
     with stack:
         stack.migrate_db()
-        log_path = stack.home / "logs" / f"dags-test-{ds}.log"
-        print(
-            f"Running {dag_id} for {ds} with `airflow dags test` (log: {log_path}) ...", flush=True
-        )
-        started = time.monotonic()
-        result = stack.airflow(
-            "dags", "test", dag_id, ds,
-            "--conf", json.dumps({"sagemaker_check_interval_seconds": 2}),
-            check=False,
-        )  # fmt: skip
-        log_path.write_text(result.stdout + result.stderr)
-        elapsed = time.monotonic() - started
+        code, elapsed, output = _run(stack, f"mlops_{USE_CASE}_training", ds)
         summary = training_summary(
-            stack, USE_CASE, config.registry.model_package_group, ds, config.storage.prefix
+            stack, USE_CASE, training.registry.model_package_group, ds, config.storage.prefix
         )
-        _print_summary(summary, gate_threshold=config.evaluation.threshold)
-        print(f"\nDAG run finished in {elapsed:.0f}s with exit code {result.returncode}")
-        if result.returncode != 0 or not summary["registered_versions"]:
-            print("The DAG run failed; last lines of its log:", file=sys.stderr)
-            print("\n".join((result.stdout + result.stderr).splitlines()[-40:]), file=sys.stderr)
-            return 1
-    print("Local stack stopped.")
+        _print_summary(summary, gate_threshold=training.evaluation.threshold)
+        print(f"\nTraining run finished in {elapsed:.0f}s with exit code {code}\n")
+        if code != 0 or not summary["registered_versions"]:
+            return _failed("training", output)
+        code, elapsed, output = _run(stack, f"mlops_{USE_CASE}_batch_inference", batch_ds)
+        scored = batch_summary(stack, USE_CASE, batch_ds, config.storage.prefix)
+        _print_batch(scored)
+        print(f"\nBatch run finished in {elapsed:.0f}s with exit code {code}")
+        if code != 0 or not scored.get("predictions"):
+            return _failed("batch-inference", output)
+    print(f"Local stack stopped. Demo took {time.monotonic() - started:.0f}s in all.")
     return 0
 
 

@@ -70,3 +70,35 @@ def training_summary(
             )
     summary["registered_versions"] = versions
     return summary
+
+
+def batch_summary(stack: LocalStack, use_case: str, ds: str, s3_prefix: str = "mlops") -> dict:
+    """Rows scored, the model version used, the checks' result, the drift report and where the
+    predictions are, for a batch-inference run of ``ds`` (read back from the local endpoint)."""
+    s3, sm = stack.client("s3"), stack.client("sagemaker")
+    root = f"{s3_prefix}/{use_case}/batch_inference"
+
+    def document(key: str) -> dict | None:
+        try:
+            return json.loads(s3.get_object(Bucket=stack.bucket, Key=key)["Body"].read())
+        except s3.exceptions.NoSuchKey:
+            return None
+
+    published = document(f"{root}/predictions/ds={ds}/_manifest.json")
+    summary: dict[str, Any] = {
+        "run_date": ds,
+        "extracted": document(f"{root}/{ds}/extract/manifest.json"),
+        "predictions": published,
+        "predictions_uri": f"s3://{stack.bucket}/{root}/predictions/ds={ds}/",
+        "drift": document(f"{root}/{ds}/drift/report.json"),
+    }
+    if published:
+        described = sm.describe_model_package(ModelPackageName=published["model_package_arn"])
+        summary["model_version"] = {
+            "arn": described["ModelPackageArn"],
+            "version": described.get("ModelPackageVersion"),
+            "status": described["ModelApprovalStatus"],
+            "approval": described.get("ApprovalDescription", ""),
+            "trained_for": described.get("CustomerMetadataProperties", {}).get("run_date"),
+        }
+    return summary

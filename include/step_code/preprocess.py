@@ -12,7 +12,32 @@ Outputs under ``--output-dir``:
 * ``train/train.csv``, ``validation/validation.csv``, ``test/test.csv``: CSV with a header row,
   columns ``key, features..., label``, rows sorted by key;
 * ``baseline/baseline.json``: per-feature statistics of the train split (for drift checks),
-  label balance and row counts per split.
+  label balance and row counts per split (format below).
+
+Baseline format (``"version": 2``). The shape follows SageMaker Model Monitor's
+``statistics.json`` (per-feature completeness, mean/std/min/max and a KLL-sketch distribution
+in buckets); Model Monitor is closed to new customers, so the batch-inference DAG computes drift
+itself (``plugins/mlops_sagemaker/drift.py``) from this file::
+
+    {"version": 2, "key_column": ..., "label_column": ..., "feature_columns": [...],
+     "statistics_computed_on": "train",
+     "features": {"<feature>": {
+         "count": <non-null train rows>, "null_count": <null train rows>,
+         "mean": ..., "std": ..., "min": ..., "max": ...,
+         "quantiles": {"p01": ..., "p05": ..., ..., "p99": ...},
+         "bins": {"closed": "right", "edges": [e1, ..., ek], "counts": [c0, ..., ck]}}},
+     "label": {...}, "rows": {...}, "split": {...}}
+
+``bins`` is a histogram of the non-null train values (nulls are in ``null_count`` only). Its
+edges are the distinct deciles (quantiles 0.1 … 0.9) of the train values, taken as observed
+values (numpy's ``method="lower"``, no interpolation, so no bin between two adjacent integers
+of a count feature stays empty): at most 10 bins, fewer for a constant or low-cardinality
+feature (one edge and two bins for a constant). The bins are closed on the right:
+``(-inf, e1], (e1, e2], ..., (ek, +inf)``, i.e. value ``v`` is in bin
+``numpy.searchsorted(edges, v, side="left")``; the outer bins are open, so any batch value
+falls in a bin, and ``counts`` (``k + 1`` of them) add up to ``count``.
+Unlike Model Monitor's buckets no sketch is kept: the bins are all a drift check needs.
+Version 1 baselines (models trained before bins existed) lack ``bins``.
 
 The split is deterministic: a row goes to a split according to a stable hash of
 ``<salt>:<key>`` (BLAKE2b, 64 bits, mapped to [0, 1)), so the same input always gives
@@ -52,6 +77,9 @@ QUANTILES = {
     "p95": 0.95,
     "p99": 0.99,
 }
+# Inner decile edges of the drift-check histogram (see "Baseline format" above).
+BIN_QUANTILES = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+BASELINE_VERSION = 2
 MAX_EXAMPLES = 5
 
 
@@ -244,21 +272,43 @@ def _finite_or_none(value: float) -> float | None:
     return value if math.isfinite(value) else None
 
 
+def histogram_bins(values: np.ndarray) -> dict[str, Any]:
+    """Decile histogram of non-null values: ``{"closed": "right", "edges", "counts"}``.
+
+    ``edges`` are the distinct inner deciles, observed values (duplicates removed, so a constant
+    feature gets one edge); value ``v`` falls in bin ``searchsorted(edges, v, side="left")``,
+    i.e. the bins are ``(-inf, e1], (e1, e2], ..., (ek, +inf)``. The drift check
+    (``plugins/mlops_sagemaker/drift.py``) bins batch values the same way.
+    """
+    if values.size == 0:
+        return {"closed": "right", "edges": [], "counts": [0]}
+    edges = np.unique(np.quantile(values, BIN_QUANTILES, method="lower"))
+    # side="left" counts the edges strictly below v: an edge value belongs to the bin it closes.
+    index = np.searchsorted(edges, values, side="left")
+    counts = np.bincount(index, minlength=edges.size + 1)
+    return {
+        "closed": "right",
+        "edges": [float(edge) for edge in edges],
+        "counts": [int(count) for count in counts],
+    }
+
+
 def feature_statistics(series: pd.Series) -> dict[str, Any]:
-    """Summary statistics of one numeric feature (null count included for drift checks)."""
+    """Summary statistics of one numeric feature (null count and bins for drift checks)."""
     values = series.dropna().to_numpy(dtype="float64")
     stats: dict[str, Any] = {"count": int(values.size), "null_count": int(series.isna().sum())}
-    if values.size == 0:
-        return stats
-    stats.update(
-        mean=_finite_or_none(values.mean()),
-        std=_finite_or_none(values.std(ddof=1)) if values.size > 1 else None,
-        min=float(values.min()),
-        max=float(values.max()),
-        quantiles={
-            name: float(np.quantile(values, q, method="linear")) for name, q in QUANTILES.items()
-        },
-    )
+    if values.size:
+        stats.update(
+            mean=_finite_or_none(values.mean()),
+            std=_finite_or_none(values.std(ddof=1)) if values.size > 1 else None,
+            min=float(values.min()),
+            max=float(values.max()),
+            quantiles={
+                name: float(np.quantile(values, q, method="linear"))
+                for name, q in QUANTILES.items()
+            },
+        )
+    stats["bins"] = histogram_bins(values)
     return stats
 
 
@@ -281,10 +331,11 @@ def build_baseline(
     validation_fraction: float,
     salt: str,
 ) -> dict[str, Any]:
-    """Baseline document: train-split feature statistics, label balance, rows per split."""
+    """Baseline document (format in the module docstring): train-split feature statistics
+    with drift-check bins, label balance, rows per split."""
     train = data[splits == "train"]
     return {
-        "version": 1,
+        "version": BASELINE_VERSION,
         "key_column": key_column,
         "label_column": label_column,
         "feature_columns": list(feature_columns),

@@ -61,14 +61,11 @@ class SensorSettings(_Strict):
 
 
 class Source(_Strict):
-    """Where the data is in Presto and which SQL files read it."""
+    """Where the data is in Presto, how extraction streams it, how the sensor waits (shared)."""
 
     catalog: Identifier
     schema_: Identifier = Field(alias="schema")
     sql_dir: str | None = Field(None, description="folder under include/sql; default: use case")
-    training_query: str = "training.sql"
-    data_arrival_query: str = "data_arrival.sql"
-    lookback_days: int = Field(ge=1, le=3660)
     extract_chunk_rows: int = Field(50_000, ge=100, le=5_000_000)
     sensor: SensorSettings = SensorSettings()
 
@@ -90,13 +87,12 @@ class Split(_Strict):
 
 
 class Dataset(_Strict):
-    """Columns of the extracted table: row key, label and features."""
+    """Columns of the extracted table: row key, label and features (shared by every pipeline)."""
 
     key_column: Identifier
     label_column: Identifier
     label_description: str = Field(min_length=1)
     feature_columns: list[Identifier] = Field(min_length=1)
-    split: Split
 
     @model_validator(mode="after")
     def _distinct_columns(self) -> Dataset:
@@ -285,7 +281,7 @@ class Registry(_Strict):
 
 
 class Schedule(_Strict):
-    """When the training DAG runs, and how its tasks retry transient failures."""
+    """When a pipeline's DAG runs, and how its tasks retry transient failures."""
 
     cron: str = "@daily"
     start_date: date
@@ -321,30 +317,27 @@ class Schedule(_Strict):
         return self
 
 
-class UseCase(_Strict):
-    """One use case: everything its DAGs need, validated."""
+class PipelineQueries(_Strict):
+    """The SQL files of one pipeline (under the use case's ``include/sql`` folder) and its
+    window: the query reads ``lookback_days`` ending at the run's data interval end."""
 
-    use_case: Identifier
-    short_name: str = Field(pattern=_SHORT_NAME, max_length=TUNING_NAME_LIMIT - NAME_SUFFIX_LENGTH)
-    description: str = Field(min_length=1)
-    owner: str = "data-engineering"
+    query: str
+    data_arrival_query: str = "data_arrival.sql"
+    lookback_days: int = Field(ge=1, le=3660)
+
+
+class Training(PipelineQueries):
+    """The training pipeline: its schedule, query, split, tuning, evaluation and registry."""
+
     schedule: Schedule
-    connections: Connections = Connections()
-    source: Source
-    dataset: Dataset
-    storage: Storage
-    sagemaker: SageMakerSettings
+    query: str = "training.sql"
+    split: Split
     tuning: Tuning
     evaluation: Evaluation
     registry: Registry
 
-    @property
-    def sql_dir(self) -> str:
-        """Folder under ``include/sql`` holding this use case's SQL files."""
-        return self.source.sql_dir or self.use_case
-
     @model_validator(mode="after")
-    def _hyperparameters_known(self) -> UseCase:
+    def _hyperparameters_known(self) -> Training:
         reserved = {"feature_columns", "label_column", "key_column"}
         tuned = {
             *self.tuning.integer_ranges,
@@ -356,6 +349,175 @@ class UseCase(_Strict):
             raise ValueError(
                 f"hyperparameters set by the package itself: {sorted(reserved & tuned)}"
             )
+        return self
+
+
+class ModelSelection(_Strict):
+    """Which registered version scores a run (the run's Param ``model_selection`` overrides)."""
+
+    package_group: str | None = Field(
+        None,
+        pattern=r"^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}$",
+        description="default: training.registry.model_package_group",
+    )
+    selection: Literal["latest_approved", "as_of_run_date", "pinned"] = "latest_approved"
+    pinned_version: str | None = Field(
+        None, description="version number or model package ARN; required for selection: pinned"
+    )
+
+    @model_validator(mode="after")
+    def _pinned_needs_version(self) -> ModelSelection:
+        if self.selection == "pinned" and not self.pinned_version:
+            raise ValueError("selection 'pinned' needs pinned_version (a number or an ARN)")
+        return self
+
+
+class Gate(_Strict):
+    """A minimum registered test metric (default: the training section's evaluation gate)."""
+
+    metric: Literal["auc", "accuracy", "precision", "recall", "f1"] = "auc"
+    threshold: float = Field(ge=0, le=1)
+
+
+class Approval(_Strict):
+    """How a ``PendingManualApproval`` version becomes usable for batch scoring.
+
+    ``none``: only already ``Approved`` versions are used; ``auto``: the newest pending version
+    is approved when its registered metric passes the gate; ``airflow``: a person approves it in
+    the Airflow UI; ``registry``: the run waits until someone approves it in SageMaker."""
+
+    mode: Literal["none", "auto", "airflow", "registry"] = "none"
+    gate: Gate | None = Field(None, description="auto mode; default: training.evaluation")
+    response_timeout_seconds: int = Field(24 * 3600, ge=60, description="airflow mode")
+    assigned_users: list[str] = Field([], description="airflow mode: who may answer")
+    poke_interval_seconds: int = Field(300, ge=5, description="registry mode")
+    timeout_seconds: int = Field(7 * 24 * 3600, ge=60, description="registry mode")
+
+
+class TransformResources(_Strict):
+    """Instances and request limits of the batch transform job."""
+
+    instance_type: str = Field("ml.m5.large", pattern=r"^ml\.[a-z0-9]+\.[a-z0-9]+$")
+    instance_count: int = Field(1, ge=1, le=100)
+    max_payload_mb: int = Field(6, ge=1, le=100)
+    max_concurrent_transforms: int = Field(0, ge=0, le=100, description="0: SageMaker decides")
+    invocations_timeout_seconds: int = Field(600, ge=1, le=3600)
+    invocations_max_retries: int = Field(1, ge=0, le=3)
+
+
+class DriftSettings(_Strict):
+    """Population stability index thresholds of the batch's features against training."""
+
+    warn: float = Field(0.1, gt=0)
+    retrain: float = Field(0.25, gt=0)
+    fail_on_retrain: bool = False
+
+    @model_validator(mode="after")
+    def _ordered(self) -> DriftSettings:
+        if self.warn > self.retrain:
+            raise ValueError(f"warn {self.warn} > retrain {self.retrain}")
+        return self
+
+
+class BatchInference(PipelineQueries):
+    """The batch-inference pipeline: schedule, query, model choice, approval, transform, drift."""
+
+    schedule: Schedule
+    query: str = "batch.sql"
+    lookback_days: int = Field(1, ge=1, le=3660)
+    model: ModelSelection = ModelSelection()
+    approval: Approval = Approval()
+    transform: TransformResources = TransformResources()
+    drift: DriftSettings = DriftSettings()
+
+
+# Fields of the training-only layout and where they live now (checked before validation so an
+# old file gets one clear message instead of a list of "Extra inputs" errors).
+MOVED_FIELDS = {
+    "schedule": "training.schedule",
+    "tuning": "training.tuning",
+    "evaluation": "training.evaluation",
+    "registry": "training.registry",
+    "dataset.split": "training.split",
+    "source.training_query": "training.query",
+    "source.data_arrival_query": "training.data_arrival_query",
+    "source.lookback_days": "training.lookback_days",
+}
+
+
+def moved_fields(raw: dict) -> list[str]:
+    """``old -> new`` for every field of ``raw`` that the old (training-only) layout had."""
+    found = []
+    for old, new in MOVED_FIELDS.items():
+        parent, _, leaf = old.rpartition(".")
+        container = raw.get(parent) if parent else raw
+        if isinstance(container, dict) and leaf in container:
+            found.append(f"{old} -> {new}")
+    return found
+
+
+class UseCase(_Strict):
+    """One use case: shared settings plus one optional section per pipeline.
+
+    A pipeline's DAG exists when its section does (``training``, ``batch_inference``)."""
+
+    use_case: Identifier
+    short_name: str = Field(pattern=_SHORT_NAME, max_length=TUNING_NAME_LIMIT - NAME_SUFFIX_LENGTH)
+    description: str = Field(min_length=1)
+    owner: str = "data-engineering"
+    connections: Connections = Connections()
+    source: Source
+    dataset: Dataset
+    storage: Storage
+    sagemaker: SageMakerSettings
+    training: Training | None = None
+    batch_inference: BatchInference | None = None
+
+    @property
+    def sql_dir(self) -> str:
+        """Folder under ``include/sql`` holding this use case's SQL files."""
+        return self.source.sql_dir or self.use_case
+
+    @property
+    def model_package_group(self) -> str:
+        """The model package group batch inference reads (and training registers into)."""
+        batch = self.batch_inference
+        if batch is not None and batch.model.package_group:
+            return batch.model.package_group
+        if self.training is None:
+            raise ValueError("no model package group: set batch_inference.model.package_group")
+        return self.training.registry.model_package_group
+
+    def need_training(self) -> Training:
+        """The training section; ``ConfigError`` when the use case has none."""
+        if self.training is None:
+            raise ConfigError(f"use case {self.use_case} has no training section")
+        return self.training
+
+    def need_batch(self) -> BatchInference:
+        """The batch_inference section; ``ConfigError`` when the use case has none."""
+        if self.batch_inference is None:
+            raise ConfigError(f"use case {self.use_case} has no batch_inference section")
+        return self.batch_inference
+
+    def approval_gate(self) -> Gate:
+        """The gate ``auto`` approval applies: ``approval.gate`` or training's evaluation."""
+        batch = self.need_batch()
+        if batch.approval.gate is not None:
+            return batch.approval.gate
+        evaluation = self.need_training().evaluation
+        return Gate(metric=evaluation.metric, threshold=evaluation.threshold)
+
+    @model_validator(mode="after")
+    def _sections(self) -> UseCase:
+        if self.training is None and self.batch_inference is None:
+            raise ValueError("no pipeline section: add training and/or batch_inference")
+        batch = self.batch_inference
+        if batch is not None and self.training is None:
+            if not batch.model.package_group:
+                raise ValueError("batch_inference.model.package_group is required without training")
+            if batch.approval.mode == "auto" and batch.approval.gate is None:
+                raise ValueError("batch_inference.approval.gate is required without training")
         return self
 
 
@@ -376,6 +538,13 @@ def load_use_case(path: Path) -> UseCase:
         raise ConfigError(f"{path}: not valid YAML: {err}") from err
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level, got {type(raw).__name__}")
+    moved = moved_fields(raw)
+    if moved:
+        raise ConfigError(
+            f"{path}: this file uses the old training-only layout; move each field into its "
+            "pipeline section (README: 'Adding a use case'):\n"
+            + "\n".join(f"  - {line}" for line in moved)
+        )
     try:
         config = UseCase.model_validate(raw)
     except ValidationError as err:

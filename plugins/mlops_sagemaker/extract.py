@@ -1,8 +1,8 @@
-"""Stream a Presto query result to S3 as Parquet parts, with a manifest written last.
+"""Stream a Presto query result to S3 as Parquet or gzip CSV parts, with a manifest written last.
 
 Why not ``SqlToS3Operator`` or ``PrestoHook.get_pandas_df``: both hold the whole result in memory
 (a 5 GB export took about 10 GB of RAM in a public report). Here rows are read with
-``fetchmany(chunk_rows)``, each chunk becomes one Parquet part uploaded at once, and memory stays
+``fetchmany(chunk_rows)``, each chunk becomes one part uploaded at once, and memory stays
 bounded by the chunk size.
 
 ``presto-python-client`` 0.8.4's ``Cursor.execute`` itself reads every result page before it
@@ -13,12 +13,24 @@ other DB-API cursor it falls back to ``cursor.execute``.
 
 Layout under ``s3://<bucket>/<prefix>/``::
 
-    data/part-00000.parquet, data/part-00001.parquet, ...   one per chunk, in query order
+    data/part-00000.parquet, data/part-00001.parquet, ...   file_format="parquet" (the default)
+    data/part-00000.csv.gz, data/part-00001.csv.gz, ...     file_format="csv.gz"
     manifest.json                                           written last, only on success
 
-Re-runs are idempotent: parts are overwritten in place, parts of a previous run that this run
-did not write are deleted, and the previous manifest is removed before the first new part is
-written, so a manifest always describes a complete, consistent set of parts.
+One part per chunk, in query order. Both formats are built from the same Arrow table. Parquet
+parts are Snappy-compressed and carry their schema. ``csv.gz`` parts are what a SageMaker batch
+transform reads with ``SplitType=Line`` (it cannot split Parquet into records): gzip (no file
+name, mtime 0), no header, columns in query order, ``\\n`` line endings, RFC 4180 quoting
+(pyarrow quotes every non-null string, so ``""`` is an empty string and an empty field is NULL),
+doubles in their shortest round-trip form, dates/timestamps in ISO 8601, decimals as plain
+decimal text. Strings with line breaks are refused there (``SplitType=Line`` would cut the record
+in two), and so is ``varbinary``. :func:`read_part` reads a part of either format back with the
+manifest's column names and Arrow types. The manifest's ``format`` says which one was written.
+
+Re-runs are idempotent and give byte-identical parts for the same rows: parts are overwritten in
+place, parts of a previous run that this run did not write (of either format) are deleted, and
+the previous manifest is removed before the first new part is written, so a manifest always
+describes a complete, consistent set of parts.
 """
 
 from __future__ import annotations
@@ -26,13 +38,14 @@ from __future__ import annotations
 import base64
 import contextlib
 import datetime as dt
+import gzip
 import hashlib
 import io
 import json
 import logging
 import re
 import zoneinfo
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -41,6 +54,8 @@ import prestodb.client
 import prestodb.dbapi
 import prestodb.exceptions
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import requests
 
@@ -48,7 +63,7 @@ from mlops_sagemaker.failures import ClassifiedError, classify
 
 log = logging.getLogger(__name__)
 
-PART_NAME = re.compile(r"part-\d{5,}\.parquet")
+PART_NAME = re.compile(r"part-\d{5,}\.(?:parquet|csv\.gz)")
 MANIFEST_NAME = "manifest.json"
 
 
@@ -202,7 +217,10 @@ def _columns(description: Sequence[Sequence[Any]] | None) -> list[_Column]:
     return columns
 
 
-def _parquet_part(rows: Sequence[Sequence[Any]], columns: list[_Column]) -> bytes:
+# -- parts -------------------------------------------------------------------------------------
+
+
+def _arrow_table(rows: Sequence[Sequence[Any]], columns: list[_Column]) -> pa.Table:
     arrays = []
     for index, column in enumerate(columns):
         values = [row[index] for row in rows]
@@ -217,10 +235,129 @@ def _parquet_part(rows: Sequence[Sequence[Any]], columns: list[_Column]) -> byte
                 f"{column.arrow_type}: {err}"
             ) from err
     schema = pa.schema([pa.field(c.name, c.arrow_type) for c in columns])
-    table = pa.Table.from_arrays(arrays, schema=schema)
+    return pa.Table.from_arrays(arrays, schema=schema)
+
+
+def _parquet_bytes(table: pa.Table) -> bytes:
     buffer = io.BytesIO()
     pq.write_table(table, buffer, compression="snappy")
     return buffer.getvalue()
+
+
+# pyarrow writes a decimal in scientific notation ("1.00E-8", "0E-10") when its exponent would
+# fall below -6, which only a scale above 6 allows; such columns are formatted here instead.
+_ARROW_PLAIN_DECIMAL_SCALE = 6
+
+
+def _plain_decimals(table: pa.Table) -> pa.Table:
+    for index, field in enumerate(table.schema):
+        if pa.types.is_decimal(field.type) and field.type.scale > _ARROW_PLAIN_DECIMAL_SCALE:
+            values = table.column(index).to_pylist()
+            text = pa.array([None if v is None else format(v, "f") for v in values], pa.string())
+            table = table.set_column(index, field.name, text)
+    return table
+
+
+def _refuse_line_breaks(table: pa.Table) -> None:
+    for field, column in zip(table.schema, table.columns, strict=True):
+        if pa.types.is_string(field.type):
+            count = pc.sum(pc.match_substring_regex(column, r"[\r\n]")).as_py() or 0
+            if count:
+                raise ExtractError(
+                    f"Column {field.name!r} has {count} value(s) with a line break: csv.gz parts "
+                    "are split into records at line breaks (SageMaker batch transform, "
+                    "SplitType=Line), which would cut those rows in two. Remove them in the SQL, "
+                    f"e.g. replace(replace({field.name}, chr(13), ' '), chr(10), ' ')."
+                )
+
+
+def _csv_gz_bytes(table: pa.Table) -> bytes:
+    _refuse_line_breaks(table)
+    buffer = io.BytesIO()
+    # mtime=0 and no file name in the gzip header: the same rows give the same bytes.
+    with gzip.GzipFile(filename="", mode="wb", fileobj=buffer, compresslevel=6, mtime=0) as gz:
+        pacsv.write_csv(_plain_decimals(table), gz, pacsv.WriteOptions(include_header=False))
+    return buffer.getvalue()
+
+
+_ENCODERS: dict[str, Callable[[pa.Table], bytes]] = {
+    "parquet": _parquet_bytes,
+    "csv.gz": _csv_gz_bytes,
+}
+FORMATS: tuple[str, ...] = tuple(_ENCODERS)  # a part's file name ends with ".<format>"
+
+
+def _check_format(file_format: str) -> str:
+    if file_format not in _ENCODERS:
+        raise ValueError(
+            f"Unknown file_format {file_format!r}: use one of {', '.join(map(repr, FORMATS))}"
+        )
+    return file_format
+
+
+def _check_csv_columns(columns: list[_Column]) -> None:
+    for column in columns:
+        if pa.types.is_binary(column.arrow_type):
+            raise UnsupportedPrestoTypeError(
+                f"Column {column.name!r} has Presto type {column.presto_type!r}, which csv.gz "
+                f"parts cannot hold as text: encode it in the SQL, e.g. to_base64({column.name})."
+            )
+
+
+def manifest_schema(manifest: Mapping[str, Any]) -> pa.Schema:
+    """The Arrow schema of a manifest's parts: its column names and Arrow types, in query order.
+
+    :raises ExtractError: a column's Presto type no longer maps to the Arrow type the manifest
+        recorded (a manifest written by another version of this module).
+    """
+    fields = []
+    for column in manifest["columns"]:
+        arrow, _ = arrow_type(column["presto_type"], column["name"])
+        if str(arrow) != column["arrow_type"]:
+            raise ExtractError(
+                f"Manifest column {column['name']!r} ({column['presto_type']}) was written as "
+                f"{column['arrow_type']}, but this version reads it as {arrow}: re-run the "
+                "extraction"
+            )
+        fields.append(pa.field(column["name"], arrow))
+    return pa.schema(fields)
+
+
+def csv_convert_options(
+    column_types: pa.Schema | Mapping[str, pa.DataType],
+) -> pacsv.ConvertOptions:
+    """How csv.gz text converts back to Arrow: an empty unquoted field is NULL, a quoted empty
+    field (``""``) an empty string, and each column gets exactly the given type."""
+    return pacsv.ConvertOptions(
+        column_types=column_types,
+        null_values=[""],
+        strings_can_be_null=True,
+        quoted_strings_can_be_null=False,
+    )
+
+
+def read_part(body: bytes, manifest: Mapping[str, Any]) -> pa.Table:
+    """Read one part of the extraction described by ``manifest`` (either format) into Arrow.
+
+    :param body: the part object's bytes (one chunk, so memory stays bounded).
+    :param manifest: the extraction's manifest (``format`` and ``columns`` are used).
+    :returns: a table with the manifest's column names and Arrow types, in query order (dates,
+        decimals and timestamps of a csv.gz part come back as their Arrow types, not text).
+    """
+    schema = manifest_schema(manifest)
+    if _check_format(manifest["format"]) == "parquet":
+        return pq.read_table(pa.BufferReader(body)).cast(schema)
+    return pacsv.read_csv(
+        pa.CompressedInputStream(pa.BufferReader(body), "gzip"),
+        read_options=pacsv.ReadOptions(column_names=schema.names),
+        convert_options=csv_convert_options(schema),
+    )
+
+
+def part_uris(manifest: Mapping[str, Any]) -> list[str]:
+    """The ``s3://`` URI of every part of ``manifest``, in query order."""
+    bucket = manifest["data_uri"].removeprefix("s3://").split("/", 1)[0]
+    return [f"s3://{bucket}/{part['key']}" for part in manifest["parts"]]
 
 
 # -- streaming ---------------------------------------------------------------------------------
@@ -302,6 +439,88 @@ def _utc_now() -> str:
 # -- the extraction ----------------------------------------------------------------------------
 
 
+def _fetch(cursor: Any, size: int, label: str) -> list[Any]:
+    try:
+        return cursor.fetchmany(size)
+    except PRESTO_ERRORS as err:
+        raise _presto_failure(err, label) from err
+
+
+def _first_chunk(
+    cursor: Any, sql: str, chunk_rows: int, label: str
+) -> tuple[list[_Column], list[Any], str | None]:
+    """Start the query; return its columns, its first chunk of rows and its query id."""
+    try:
+        start_streaming_query(cursor, sql)
+        rows = cursor.fetchmany(1)  # one row first: the column types are checked early
+    except PRESTO_ERRORS as err:
+        raise _presto_failure(err, label) from err
+    if not rows:
+        raise EmptyExtractError(
+            f"The Presto query returned no rows{label}: nothing to extract. Check that the "
+            "source data for this window has landed (the data-arrival sensor) and that the "
+            "window and filters in the SQL are right."
+        )
+    columns = _columns(cursor.description)
+    rows += _fetch(cursor, chunk_rows - 1, label)
+    return columns, rows, (cursor.stats or {}).get("queryId")
+
+
+@dataclass(frozen=True)
+class _Target:
+    bucket: str
+    data_prefix: str
+    manifest_key: str
+    file_format: str
+
+
+def _write_parts(
+    s3: Any, cursor: Any, sql: str, target: _Target, chunk_rows: int, label: str
+) -> tuple[list[_Column], list[dict[str, Any]], str | None]:
+    """Run the query and write each chunk as one part; return the columns, the parts written
+    and the query id. Only one chunk is in memory at a time."""
+    columns, rows, query_id = _first_chunk(cursor, sql, chunk_rows, label)
+    if target.file_format == "csv.gz":
+        _check_csv_columns(columns)
+    # From here on the previous output is being replaced: its manifest must not describe it.
+    if s3.check_for_key(target.manifest_key, bucket_name=target.bucket):
+        s3.delete_objects(bucket=target.bucket, keys=[target.manifest_key])
+    encode = _ENCODERS[target.file_format]
+    parts: list[dict[str, Any]] = []
+    row_count = 0
+    while rows:
+        key = f"{target.data_prefix}part-{len(parts):05d}.{target.file_format}"
+        body = encode(_arrow_table(rows, columns))
+        s3.load_bytes(body, key=key, bucket_name=target.bucket, replace=True)
+        row_count += len(rows)
+        parts.append(
+            {
+                "key": key,
+                "rows": len(rows),
+                "bytes": len(body),
+                "sha256": hashlib.sha256(body).hexdigest(),
+            }
+        )
+        log.info("Wrote %s: %d rows (%d so far)", key, len(rows), row_count)
+        del rows, body  # the next chunk replaces this one in memory, not next to it
+        rows = _fetch(cursor, chunk_rows, label)
+    return columns, parts, query_id
+
+
+def _delete_stale_parts(s3: Any, target: _Target, parts: list[dict[str, Any]]) -> None:
+    """Delete parts of a previous run (of either format) that this run did not overwrite."""
+    written = {p["key"] for p in parts}
+    prefix = target.data_prefix
+    stale = [
+        key
+        for key in s3.list_keys(bucket_name=target.bucket, prefix=prefix)
+        if PART_NAME.fullmatch(key[len(prefix) :]) and key not in written
+    ]
+    if stale:
+        s3.delete_objects(bucket=target.bucket, keys=stale)
+        log.info("Deleted %d stale part(s) of a previous run: %s", len(stale), stale)
+
+
 def extract_to_s3(
     *,
     sql: str,
@@ -311,8 +530,9 @@ def extract_to_s3(
     prefix: str,
     chunk_rows: int = 50_000,
     context_label: str = "",
+    file_format: str = "parquet",
 ) -> dict[str, Any]:
-    """Run ``sql`` on Presto and stream its result to ``s3://bucket/prefix/data/`` as Parquet.
+    """Run ``sql`` on Presto and stream its result to ``s3://bucket/prefix/data/`` in parts.
 
     :param sql: one Presto statement (already rendered); a trailing ``;`` is removed.
     :param presto_conn_id: Airflow connection of the Presto coordinator (``PrestoHook``).
@@ -321,98 +541,53 @@ def extract_to_s3(
     :param bucket: target bucket.
     :param prefix: target prefix without bucket; parts go to ``{prefix}/data/`` and the
         manifest to ``{prefix}/manifest.json``.
-    :param chunk_rows: rows per Parquet part; bounds the memory used.
+    :param chunk_rows: rows per part; bounds the memory used.
     :param context_label: what is being extracted (e.g. the date window), for error messages.
-    :returns: the manifest: ``data_uri``, ``row_count``, ``parts`` (key, rows, bytes, sha256),
-        ``columns`` (name, Presto and Arrow types), ``sql_sha256``, ``presto_query_id``,
-        ``started_at``/``finished_at``. Small and free of connection details (it goes to XCom).
+    :param file_format: ``"parquet"`` (``part-NNNNN.parquet``) or ``"csv.gz"``
+        (``part-NNNNN.csv.gz``, for SageMaker batch transform; see the module docstring).
+    :returns: the manifest: ``format``, ``data_uri``, ``row_count``, ``part_count``, ``parts``
+        (key, rows, bytes, sha256), ``columns`` (name, Presto and Arrow types), ``sql_sha256``,
+        ``presto_query_id``, ``context_label``, ``started_at``/``finished_at``. Small and free of
+        connection details (it goes to XCom).
+    :raises ValueError: ``chunk_rows`` below 1 or an unknown ``file_format``.
     :raises EmptyExtractError: the query returned no rows.
     :raises PrestoQueryFailedError: Presto failed the query (error name and message included).
-    :raises UnsupportedPrestoTypeError: a column type cannot be written to Parquet.
+    :raises UnsupportedPrestoTypeError: a column type cannot be written in ``file_format``.
+    :raises ExtractError: a value cannot be converted, or a csv.gz string holds a line break.
     """
     from airflow.providers.amazon.aws.hooks.s3 import S3Hook
     from airflow.providers.presto.hooks.presto import PrestoHook
 
     if chunk_rows < 1:
         raise ValueError("chunk_rows must be at least 1")
-    sql = sql.strip().rstrip(";").rstrip()
     prefix = prefix.strip("/")
-    data_prefix = f"{prefix}/data/"
     manifest_key = f"{prefix}/{MANIFEST_NAME}"
+    target = _Target(bucket, f"{prefix}/data/", manifest_key, _check_format(file_format))
+    sql = sql.strip().rstrip(";").rstrip()
     label = f" for {context_label}" if context_label else ""
     sql_sha256 = hashlib.sha256(sql.encode("utf-8")).hexdigest()
     started_at = _utc_now()
     log.info(
-        "Extracting Presto query (sql sha256 %s)%s to s3://%s/%s in parts of %d rows",
+        "Extracting Presto query (sql sha256 %s)%s to s3://%s/%s as %s in parts of %d rows",
         sql_sha256[:12],
         label,
         bucket,
-        data_prefix,
+        target.data_prefix,
+        file_format,
         chunk_rows,
     )
-
     s3 = S3Hook(aws_conn_id=aws_conn_id)
     cursor = PrestoHook(presto_conn_id=presto_conn_id).get_conn().cursor()
-    parts: list[dict[str, Any]] = []
-    row_count = 0
     try:
-        try:
-            start_streaming_query(cursor, sql)
-            rows = cursor.fetchmany(1)  # one row first: the column types are checked early
-        except PRESTO_ERRORS as err:
-            raise _presto_failure(err, label) from err
-        if not rows:
-            raise EmptyExtractError(
-                f"The Presto query returned no rows{label}: nothing to extract. Check that the "
-                "source data for this window has landed (the data-arrival sensor) and that the "
-                "window and filters in the SQL are right."
-            )
-        columns = _columns(cursor.description)
-        try:
-            rows += cursor.fetchmany(chunk_rows - 1)
-        except PRESTO_ERRORS as err:
-            raise _presto_failure(err, label) from err
-        query_id = (cursor.stats or {}).get("queryId")
-        # From here on the previous output is being replaced: its manifest must not describe it.
-        if s3.check_for_key(manifest_key, bucket_name=bucket):
-            s3.delete_objects(bucket=bucket, keys=[manifest_key])
-        while rows:
-            key = f"{data_prefix}part-{len(parts):05d}.parquet"
-            body = _parquet_part(rows, columns)
-            s3.load_bytes(body, key=key, bucket_name=bucket, replace=True)
-            row_count += len(rows)
-            parts.append(
-                {
-                    "key": key,
-                    "rows": len(rows),
-                    "bytes": len(body),
-                    "sha256": hashlib.sha256(body).hexdigest(),
-                }
-            )
-            log.info("Wrote %s: %d rows (%d so far)", key, len(rows), row_count)
-            del rows, body
-            try:
-                rows = cursor.fetchmany(chunk_rows)
-            except PRESTO_ERRORS as err:
-                raise _presto_failure(err, label) from err
+        columns, parts, query_id = _write_parts(s3, cursor, sql, target, chunk_rows, label)
     except BaseException:
         _cancel_quietly(cursor)
         raise
-
-    written = {p["key"] for p in parts}
-    stale = [
-        key
-        for key in s3.list_keys(bucket_name=bucket, prefix=data_prefix)
-        if PART_NAME.fullmatch(key[len(data_prefix) :]) and key not in written
-    ]
-    if stale:
-        s3.delete_objects(bucket=bucket, keys=stale)
-        log.info("Deleted %d stale part(s) of a previous run: %s", len(stale), stale)
-
+    _delete_stale_parts(s3, target, parts)
     manifest: dict[str, Any] = {
-        "format": "parquet",
-        "data_uri": f"s3://{bucket}/{data_prefix}",
-        "row_count": row_count,
+        "format": file_format,
+        "data_uri": f"s3://{bucket}/{target.data_prefix}",
+        "row_count": sum(p["rows"] for p in parts),
         "part_count": len(parts),
         "parts": parts,
         "columns": [
@@ -433,7 +608,7 @@ def extract_to_s3(
     )
     log.info(
         "Extracted %d rows in %d part(s)%s; manifest s3://%s/%s",
-        row_count,
+        manifest["row_count"],
         len(parts),
         label,
         bucket,

@@ -6,6 +6,10 @@
   subclasses look up the attempts of the request's name (see ``naming``): a ``Completed`` job is
   reused, an ``InProgress`` one is waited for, and only a failed/stopped one leads to a new
   attempt. Everything else (request sending, waiting, failure messages) is the provider's.
+* ``IdempotentTransformOperator``: the same for ``SageMakerTransformOperator`` (which fails or
+  starts a timestamped copy on an existing name); it takes the bare CreateTransformJob request,
+  the model being created beforehand by ``ensure_model``: CreateModel unless the model, whose
+  name is content-addressed (``inference_requests.model_request``), already exists.
 * ``IdempotentRegisterModelVersionOperator``: the provider's operator always creates a version;
   this one first finds the version this run date + model already registered, takes ``extras``
   as a templated field (so the full request can come from XCom) and emits an Asset event.
@@ -23,6 +27,7 @@ from typing import Any
 from airflow.providers.amazon.aws.operators.sagemaker import (
     SageMakerProcessingOperator,
     SageMakerRegisterModelVersionOperator,
+    SageMakerTransformOperator,
     SageMakerTuningOperator,
     serialize,
 )
@@ -125,9 +130,20 @@ _TUNING = _JobKind(
     MAX_TUNING_NAME,
 )
 
+_TRANSFORM = _JobKind(
+    "transform",
+    "TransformJobName",
+    "TransformJobStatus",
+    "list_transform_jobs",
+    "TransformJobSummaries",
+    "describe_transform_job",
+    MAX_NAME,
+)
+
 
 class _IdempotentJob:
-    """Reuse / wait / next-attempt logic shared by the processing and tuning operators.
+    """Reuse / wait / next-attempt logic shared by the processing, tuning and transform
+    operators.
 
     With ``deferrable=True`` a new job is waited for by the provider's ``SageMakerTrigger`` in
     the triggerer (no worker slot held for hours); ``execute_complete`` then applies the same
@@ -292,6 +308,65 @@ class IdempotentTuningOperator(_IdempotentJob, SageMakerTuningOperator):
         return _tuning_result(self._resume(context, event, lambda: parent(context, event)))
 
 
+def _error_is(err: Any, code: str, message_prefix: str) -> bool:
+    error = err.response.get("Error", {})
+    return error.get("Code") == code and str(error.get("Message", "")).startswith(message_prefix)
+
+
+def ensure_model(conn: Any, request: dict[str, Any]) -> bool:
+    """Create the model of ``request`` (CreateModel) unless a model of that name exists; True
+    when this call created it.
+
+    The name is content-addressed (``inference_requests.model_request``): an existing model of
+    that name is this model, created by an earlier run date or try. SageMaker answers a
+    ``ValidationException`` both for a missing model (``Could not find model "<arn>".``) and for
+    many bad requests (``Could not find model data at s3://...``), so only that exact wording
+    counts as "missing"; a create racing another task's gets ``Cannot create already existing
+    model "<arn>".`` (matched as the SageMaker Python SDK's ``Session.create_model`` does)."""
+    name = request["ModelName"]
+    try:
+        conn.describe_model(ModelName=name)
+        return False
+    except conn.exceptions.ClientError as err:
+        if not _error_is(err, "ValidationException", 'Could not find model "'):
+            raise
+    try:
+        conn.create_model(**request)
+    except conn.exceptions.ClientError as err:
+        if _error_is(err, "ValidationException", "Cannot create already existing model"):
+            return False
+        raise
+    return True
+
+
+@failure_policy
+class IdempotentTransformOperator(_IdempotentJob, SageMakerTransformOperator):
+    """``SageMakerTransformOperator`` that reuses or resumes this request's transform job on
+    re-runs.
+
+    ``config`` is the bare CreateTransformJob request (``inference_requests.transform_request``,
+    no ``Model`` key): the model exists already (``ensure_model``). A job that does not end
+    ``Completed`` fails the task with SageMaker's FailureReason (``require_completed``)."""
+
+    kind = _TRANSFORM
+
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs.setdefault("action_if_job_exists", "fail")
+        kwargs.setdefault("check_if_model_exists", False)
+        super().__init__(**kwargs)
+
+    def execute(self, context: Any) -> dict:
+        """Reuse a completed job, wait for a running one, or start the next attempt."""
+        create = lambda: super(IdempotentTransformOperator, self).execute(context)  # noqa: E731
+        return {"Transform": serialize(self._run_idempotently(context, create))}
+
+    def execute_complete(self, context: Any, event: dict[str, Any] | None = None) -> dict:
+        """Resume after the trigger fired: check the job really completed."""
+        parent = super().execute_complete
+        described = self._resume(context, event, lambda: parent(context, event))
+        return {"Transform": serialize(described)}
+
+
 def find_registered_version(conn: Any, group: str, registration_key: str) -> str | None:
     """ARN of the version in ``group`` registered with ``registration_key``, if any."""
     try:
@@ -399,7 +474,8 @@ class DataArrivalSensor(SqlSensor):
 
 @failure_policy
 class PrestoToS3Operator(BaseOperator):
-    """Run a templated Presto SQL file and stream its result to S3 as Parquet parts.
+    """Run a templated Presto SQL file and stream its result to S3 as Parquet (or, for batch
+    transform input, gzip CSV) parts.
 
     The SQL is rendered by Airflow (``template_ext`` ``.sql``, the DAG's StrictUndefined), so the
     exact query of each run shows in the UI's Rendered Template tab.
@@ -419,10 +495,12 @@ class PrestoToS3Operator(BaseOperator):
         presto_conn_id: str,
         aws_conn_id: str,
         chunk_rows: int,
+        file_format: str = "parquet",
         context_label: str = "",
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        self.file_format = file_format
         self.sql = sql
         self.s3_bucket = s3_bucket
         self.s3_prefix = s3_prefix
@@ -442,5 +520,6 @@ class PrestoToS3Operator(BaseOperator):
             bucket=self.s3_bucket,
             prefix=self.s3_prefix,
             chunk_rows=self.chunk_rows,
+            file_format=self.file_format,
             context_label=self.context_label,
         )

@@ -188,7 +188,7 @@ def split_request(
 ) -> dict[str, Any]:
     """CreateProcessingJob request running ``preprocess.py`` on the extracted rows."""
     paths = run_paths(config, run.ds)
-    data = config.dataset
+    data, split = config.dataset, config.need_training().split
     out = f"{PROCESSING_ROOT}/output"
     arguments = [
         "--input-dir", f"{PROCESSING_ROOT}/input/data",
@@ -196,9 +196,9 @@ def split_request(
         "--key-column", data.key_column,
         "--label-column", data.label_column,
         "--feature-columns", ",".join(data.feature_columns),
-        "--train-fraction", str(data.split.train),
-        "--validation-fraction", str(data.split.validation),
-        "--split-salt", data.split.salt,
+        "--train-fraction", str(split.train),
+        "--validation-fraction", str(split.validation),
+        "--split-salt", split.salt,
     ]  # fmt: skip
     inputs = [
         _s3_input("data", extract_data_uri, f"{PROCESSING_ROOT}/input/data"),
@@ -228,7 +228,7 @@ def tuning_request(
     ``split_outputs`` maps the split job's output names to their S3 URIs (from its describe
     output); ``split_job_name`` ties the fingerprint to the exact data the split produced.
     """
-    settings, tuning, data = config.sagemaker, config.tuning, config.dataset
+    settings, tuning, data = config.sagemaker, config.need_training().tuning, config.dataset
     paths = run_paths(config, run.ds)
     # The SageMaker SDK JSON-encodes framework hyperparameters; the training toolkit decodes them.
     isolated = settings.network.enable_network_isolation
@@ -363,6 +363,7 @@ def registration_request(
     region: str,
     model_data_url: str,
     evaluation_uri: str,
+    baseline_uri: str,
     metadata: dict[str, Any],
 ) -> dict[str, Any]:
     """CreateModelPackage request for a new version in the use case's model package group
@@ -370,14 +371,18 @@ def registration_request(
 
     ``registration_key`` (in the description and the metadata) identifies the run date + model:
     re-running the registration finds the version it created instead of adding another.
+    ``baseline_uri`` (the split's ``baseline.json``, per-feature bins of the train split) goes
+    into ``DriftCheckBaselines``: batch inference reads it to measure drift against the exact
+    data this version learnt from.
     """
+    registry = config.need_training().registry
     key = fingerprint([run.ds, model_data_url], length=16)
     properties = {k: str(v)[:256] for k, v in {**metadata, "registration_key": key}.items()}
-    description = f"{config.registry.description or config.use_case} | run {run.ds} [{key}]"
+    description = f"{registry.description or config.use_case} | run {run.ds} [{key}]"
     return {
-        "ModelPackageGroupName": config.registry.model_package_group,
+        "ModelPackageGroupName": registry.model_package_group,
         "ModelPackageDescription": description[:1024],
-        "ModelApprovalStatus": config.registry.approval_status,
+        "ModelApprovalStatus": registry.approval_status,
         "InferenceSpecification": {
             "Containers": [
                 {
@@ -395,14 +400,17 @@ def registration_request(
             ],
             "SupportedContentTypes": CONTENT_TYPES,
             "SupportedResponseMIMETypes": CONTENT_TYPES,
-            "SupportedRealtimeInferenceInstanceTypes": list(
-                config.registry.inference_instance_types
-            ),
-            "SupportedTransformInstanceTypes": list(config.registry.transform_instance_types),
+            "SupportedRealtimeInferenceInstanceTypes": list(registry.inference_instance_types),
+            "SupportedTransformInstanceTypes": list(registry.transform_instance_types),
         },
         "ModelMetrics": {
             "ModelQuality": {
                 "Statistics": {"ContentType": "application/json", "S3Uri": evaluation_uri}
+            }
+        },
+        "DriftCheckBaselines": {
+            "ModelDataQuality": {
+                "Statistics": {"ContentType": "application/json", "S3Uri": baseline_uri}
             }
         },
         # No Tags: a versioned package takes its group's tags (see model_package_group_request).
@@ -419,13 +427,14 @@ def model_package_group_request(config: UseCase) -> dict[str, Any]:
     tag argument." So the tags go on the group (created before the first registration); what
     is specific to a version (run date, jobs, metrics) is in its CustomerMetadataProperties.
     """
+    registry = config.need_training().registry
     merged = {
         **config.sagemaker.tags,
         "mlops:use-case": config.use_case,
         "mlops:managed-by": "airflow",
     }
     return {
-        "ModelPackageGroupName": config.registry.model_package_group,
-        "ModelPackageGroupDescription": (config.registry.description or config.use_case)[:1024],
+        "ModelPackageGroupName": registry.model_package_group,
+        "ModelPackageGroupDescription": (registry.description or config.use_case)[:1024],
         "Tags": [{"Key": k, "Value": v} for k, v in sorted(merged.items())],
     }

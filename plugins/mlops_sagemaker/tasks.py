@@ -1,7 +1,8 @@
 """Task bodies of the training DAG: each plans one request or checks one result.
 
-They run in the Airflow worker, call AWS only through the provider's hooks, and hand plain dicts
-to the next task through XCom. Kept apart from the DAG wiring so that they can be unit-tested.
+They run in the Airflow worker, call AWS only through the provider's hooks, and hand named
+payloads (``payloads.py``) to the next task through XCom. Kept apart from the DAG wiring so that
+they can be unit-tested.
 """
 
 from __future__ import annotations
@@ -12,9 +13,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from mlops_sagemaker.config import UseCase
+from mlops_sagemaker.config import Schedule, UseCase
 from mlops_sagemaker.failures import ClassifiedError
 from mlops_sagemaker.naming import code_key, fingerprint
+from mlops_sagemaker.payloads import BestModel, GateResult, StagedCode
 from mlops_sagemaker.sagemaker_requests import (
     CodeLocations,
     RunInfo,
@@ -38,21 +40,23 @@ class RunDateOutOfRange(ClassifiedError):
     category = "config"
 
 
-def check_run_date(config: UseCase, logical_date: datetime | None) -> str:
-    """The run date (``YYYY-MM-DD``) if within ``schedule.start_date`` … ``end_date``.
+def check_run_date(config: UseCase, pipeline: str, logical_date: datetime | None) -> str:
+    """The run date (``YYYY-MM-DD``) if within the ``pipeline`` section's
+    ``schedule.start_date`` … ``end_date``.
 
     Manual runs and backfills for other dates fail loudly: the config's range is where the
     use case has data (for TPC-H 1992-01-01 … 1998-08-02); widen it to run elsewhere."""
     if logical_date is None:
         raise RunDateOutOfRange("This DAG needs a logical date (run date); the run has none.")
     day = logical_date.date()
-    start, end = config.schedule.start_date, config.schedule.end_date
+    schedule: Schedule = getattr(config, pipeline).schedule
+    start, end = schedule.start_date, schedule.end_date
     if day < start or (end is not None and day > end):
         allowed = f"{start} … {end}" if end else f"from {start}"
         raise RunDateOutOfRange(
-            f"Run date {day} is outside the configured range {allowed} (schedule.start_date/"
-            f"end_date of use case {config.use_case}): nothing was run. Pick a date in the "
-            "range, or widen the range in the config."
+            f"Run date {day} is outside the configured range {allowed} ({pipeline}.schedule."
+            f"start_date/end_date of use case {config.use_case}): nothing was run. Pick a date "
+            "in the range, or widen the range in the config."
         )
     return day.isoformat()
 
@@ -85,7 +89,7 @@ def resolve_image(config: UseCase, region: str) -> str:
     )
 
 
-def stage_code(config: UseCase, step_code_dir: Path, aws_conn_id: str) -> dict[str, str]:
+def stage_code(config: UseCase, step_code_dir: Path, aws_conn_id: str) -> StagedCode:
     """Upload the content-addressed step code once; return its locations, image and region."""
     from airflow.providers.amazon.aws.hooks.s3 import S3Hook
 
@@ -106,31 +110,30 @@ def stage_code(config: UseCase, step_code_dir: Path, aws_conn_id: str) -> dict[s
         return f"s3://{bucket}/{code_key(prefix, use_case, bundle.version, name)}"
 
     region = s3.conn_region_name or "us-east-1"
-    code = CodeLocations(
+    return StagedCode(
         version=bundle.version,
         scripts_uri=uri("scripts/"),
         sourcedir_uri=uri("sourcedir.tar.gz"),
+        image_uri=resolve_image(config, region),
+        region=region,
     )
-    return {**code.as_dict(), "image_uri": resolve_image(config, region), "region": region}
 
 
-def _code(staged: Mapping[str, str]) -> CodeLocations:
+def _code(staged: StagedCode) -> CodeLocations:
     return CodeLocations(
-        version=staged["version"],
-        scripts_uri=staged["scripts_uri"],
-        sourcedir_uri=staged["sourcedir_uri"],
+        version=staged.version, scripts_uri=staged.scripts_uri, sourcedir_uri=staged.sourcedir_uri
     )
 
 
 def plan_split(
-    config: UseCase, run: RunInfo, staged: Mapping[str, str], manifest: Mapping[str, Any]
+    config: UseCase, run: RunInfo, staged: StagedCode, manifest: Mapping[str, Any]
 ) -> dict[str, Any]:
     """The split job's request; its name changes only when the extracted data changes."""
     data_fingerprint = fingerprint(
         {"rows": manifest["row_count"], "parts": manifest["parts"], "schema": manifest["columns"]}
     )
     return split_request(
-        config, run, _code(staged), staged["image_uri"], manifest["data_uri"], data_fingerprint
+        config, run, _code(staged), staged.image_uri, manifest["data_uri"], data_fingerprint
     )
 
 
@@ -141,48 +144,48 @@ def processing_outputs(result: Mapping[str, Any]) -> dict[str, str]:
 
 
 def plan_tuning(
-    config: UseCase, run: RunInfo, staged: Mapping[str, str], split_result: Mapping[str, Any]
+    config: UseCase, run: RunInfo, staged: StagedCode, split_result: Mapping[str, Any]
 ) -> dict[str, Any]:
     """The tuning job's request, reading the split's outputs from its describe output."""
     return tuning_request(
         config,
         run,
         _code(staged),
-        staged["image_uri"],
-        staged["region"],
+        staged.image_uri,
+        staged.region,
         processing_outputs(split_result),
         split_result["Processing"]["ProcessingJobName"],
     )
 
 
-def best_model(tuning_result: Mapping[str, Any], describe_training_job: Any) -> dict[str, Any]:
+def best_model(tuning_result: Mapping[str, Any], describe_training_job: Any) -> BestModel:
     """The best training job's name, objective and model artifact (from its describe output)."""
     best = tuning_result["Tuning"]["BestTrainingJob"]
     described = describe_training_job(best["TrainingJobName"])
-    return {
-        "training_job_name": best["TrainingJobName"],
-        "objective": best["FinalHyperParameterTuningJobObjectiveMetric"],
-        "hyperparameters": best["TunedHyperParameters"],
-        "model_data_url": described["ModelArtifacts"]["S3ModelArtifacts"],
-        "tuning_job_name": tuning_result["Tuning"]["HyperParameterTuningJobName"],
-        "training_jobs": tuning_result["Tuning"].get("TrainingJobStatusCounters", {}),
-    }
+    return BestModel(
+        training_job_name=best["TrainingJobName"],
+        objective=best["FinalHyperParameterTuningJobObjectiveMetric"],
+        hyperparameters=best["TunedHyperParameters"],
+        model_data_url=described["ModelArtifacts"]["S3ModelArtifacts"],
+        tuning_job_name=tuning_result["Tuning"]["HyperParameterTuningJobName"],
+        training_jobs=tuning_result["Tuning"].get("TrainingJobStatusCounters", {}),
+    )
 
 
 def plan_evaluation(
     config: UseCase,
     run: RunInfo,
-    staged: Mapping[str, str],
+    staged: StagedCode,
     split_result: Mapping[str, Any],
-    model: Mapping[str, Any],
+    model: BestModel,
 ) -> dict[str, Any]:
     """The evaluation job's request for the best model on the test split."""
     return evaluation_request(
         config,
         run,
         _code(staged),
-        staged["image_uri"],
-        model["model_data_url"],
+        staged.image_uri,
+        model.model_data_url,
         processing_outputs(split_result)["test"],
     )
 
@@ -193,62 +196,71 @@ def evaluation_uri(evaluation_result: Mapping[str, Any]) -> str:
 
 
 def quality_gate(
-    config: UseCase, evaluation: Mapping[str, Any], threshold: float | None
-) -> dict[str, Any]:
+    config: UseCase, evaluation: Mapping[str, Any], threshold: float | None, evaluation_uri: str
+) -> GateResult:
     """Compare the configured metric with the threshold; raise ``QualityGateFailed`` below it."""
-    metric = config.evaluation.metric
-    limit = config.evaluation.threshold if threshold is None else float(threshold)
+    gate = config.need_training().evaluation
+    metric = gate.metric
+    limit = gate.threshold if threshold is None else float(threshold)
     try:
         value = float(evaluation["binary_classification_metrics"][metric]["value"])
     except (KeyError, TypeError, ValueError) as err:
         raise QualityGateFailed(f"evaluation.json has no usable {metric} value: {err!r}") from err
     baseline = evaluation.get("baseline", {})
-    summary = {"metric": metric, "value": value, "threshold": limit, "baseline": baseline}
     if value < limit:
         raise QualityGateFailed(
             f"{metric} {value:.2f} < threshold {limit:.2f}: model not registered "
             f"(majority-class baseline: {json.dumps(baseline, sort_keys=True)})"
         )
-    return summary
+    return GateResult(
+        metric=metric,
+        value=value,
+        threshold=limit,
+        baseline=baseline,
+        evaluation_uri=evaluation_uri,
+    )
 
 
 def plan_registration(
     config: UseCase,
     run: RunInfo,
-    staged: Mapping[str, str],
-    model: Mapping[str, Any],
-    gate: Mapping[str, Any],
+    staged: StagedCode,
+    model: BestModel,
+    gate: GateResult,
     manifest: Mapping[str, Any],
+    baseline_uri: str,
     split_counts: Mapping[str, Any],
 ) -> dict[str, Any]:
-    """Arguments of the register operator: the full CreateModelPackage request as ``extras``."""
+    """Keyword arguments of the register operator (templated from this XCom): the full
+    CreateModelPackage request as ``extras``, and the group to create first."""
     metadata = {
         "use_case": config.use_case,
         "run_date": run.ds,
         "data_interval_start": run.data_interval_start,
         "data_interval_end": run.data_interval_end,
         "dag_run_id": run.run_id,
-        "tuning_job": model["tuning_job_name"],
-        "training_job": model["training_job_name"],
+        "tuning_job": model.tuning_job_name,
+        "training_job": model.training_job_name,
         "rows_extracted": manifest["row_count"],
         **{f"rows_{name}": count for name, count in split_counts.items()},
-        "code_version": staged["version"],
-        f"test_{gate['metric']}": f"{gate['value']:.6f}",
-        "gate_threshold": gate["threshold"],
+        "code_version": staged.version,
+        f"test_{gate.metric}": f"{gate.value:.6f}",
+        "gate_threshold": gate.threshold,
     }
     request = registration_request(
         config,
         run,
         _code(staged),
-        staged["image_uri"],
-        staged["region"],
-        model["model_data_url"],
-        gate["evaluation_uri"],
+        staged.image_uri,
+        staged.region,
+        model.model_data_url,
+        gate.evaluation_uri,
+        baseline_uri,
         metadata,
     )
     return {
-        "image_uri": staged["image_uri"],
-        "model_url": model["model_data_url"],
+        "image_uri": staged.image_uri,
+        "model_url": model.model_data_url,
         "package_group_name": request["ModelPackageGroupName"],
         "package_desc": request["ModelPackageDescription"],
         "extras": request,

@@ -84,7 +84,7 @@ def test_script_error_in_every_training_job_fails_tuning_once(stack) -> None:
     training = sm.list_training_jobs(NameContains="tpch-ord-19940303")["TrainingJobSummaries"]
     assert len(training) == len(children) >= 1
     assert all(c["TrainingJobStatus"] == "Failed" for c in children)
-    assert tries(stack, ds)["tune"] == (1, "failed")
+    assert tries(stack, ds)["tune.job"] == (1, "failed")
     assert "failed with a script or request error" in log
     assert "[permanent: sagemaker-job]" in log
     print(f"tuning jobs 1, training jobs {len(training)}, failed run after {elapsed:.0f} s")
@@ -136,7 +136,7 @@ def test_throttling_past_boto_retries_is_transient_and_named(stack, tmp_path) ->
     finally:
         stack.faults(None)
     assert code != 0
-    assert tries(stack, ds)["split"] == (2, "failed"), "a transient failure uses the retries"
+    assert tries(stack, ds)["split.job"] == (2, "failed"), "a transient failure uses the retries"
     final = [line for line in log.splitlines() if "throttled" in line]
     assert final and "SageMaker throttled CreateProcessingJob 11 times" in final[-1]
     assert "[transient: throttling]" in log

@@ -160,13 +160,15 @@ def test_split_depends_only_on_key_and_salt(
     assert abs((salted == "train").mean() - 0.7) < 0.02
 
 
-def test_baseline_describes_the_train_split(pipeline: Pipeline) -> None:
+def test_baseline_describes_the_train_split(pipeline: Pipeline, tpch_frame: pd.DataFrame) -> None:
     baseline = json.loads((pipeline.split_dir / "baseline" / "baseline.json").read_text())
     assert baseline == pipeline.baseline
+    assert baseline["version"] == 2
     assert baseline["feature_columns"] == FEATURES
     train = _read_split(pipeline.split_dir, "train")
     assert baseline["rows"]["train"] == len(train)
     assert sum(baseline["rows"][s] for s in SPLITS) == baseline["rows"]["total"] == 15000
+    exact = tpch_frame.set_index(KEY)
     for feature in FEATURES:
         stats = baseline["features"][feature]
         assert stats["count"] == len(train) and stats["null_count"] == 0
@@ -177,9 +179,48 @@ def test_baseline_describes_the_train_split(pipeline: Pipeline) -> None:
         assert list(quantiles) == ["p01", "p05", "p25", "p50", "p75", "p95", "p99"]
         assert list(quantiles.values()) == sorted(quantiles.values())
         assert quantiles["p50"] == pytest.approx(train[feature].median())
+        # The input's exact values: the CSV round trip may move a float by one ulp.
+        _assert_bins_describe(stats["bins"], exact.loc[train[KEY], feature])
     balance = baseline["label"]["train"]
     assert balance["counts"]["1"] == int(train[LABEL].sum())
     assert balance["positive_rate"] == pytest.approx(train[LABEL].mean())
+
+
+def _assert_bins_describe(bins: dict[str, Any], values: pd.Series) -> None:
+    """``bins`` is the right-closed decile histogram of the non-null ``values``."""
+    edges, counts = bins["edges"], bins["counts"]
+    assert bins["closed"] == "right"
+    assert 1 <= len(edges) <= 9 and len(counts) == len(edges) + 1
+    assert all(low < high for low, high in zip(edges, edges[1:])), edges
+    present = values.dropna().to_numpy(dtype="float64")
+    assert sum(counts) == len(present)
+    assert set(edges) <= set(present)  # observed values, not interpolated
+    bounds = [-np.inf, *edges, np.inf]
+    for index, count in enumerate(counts):  # (low, high]: an edge value is in the bin it closes
+        low, high = bounds[index], bounds[index + 1]
+        assert count == int(((present > low) & (present <= high)).sum()), (index, edges)
+
+
+def test_baseline_bins_of_constant_low_cardinality_and_null_values(
+    step_module: Callable[[str], ModuleType],
+) -> None:
+    preprocess = step_module("preprocess")
+    constant = preprocess.feature_statistics(pd.Series([5.0] * 40))
+    assert constant["bins"] == {"closed": "right", "edges": [5.0], "counts": [40, 0]}
+
+    counts = pd.Series([1, 2, 2, 3, 3, 3, 4, 4, 4, 4] * 3 + [None] * 4, dtype="float64")
+    stats = preprocess.feature_statistics(counts)
+    assert stats["null_count"] == 4 and stats["count"] == 30
+    assert stats["bins"] == {
+        "closed": "right",
+        "edges": [1.0, 2.0, 3.0, 4.0],
+        "counts": [3, 6, 9, 12, 0],
+    }
+    _assert_bins_describe(stats["bins"], counts)
+
+    spread = pd.Series(np.random.default_rng(7).normal(size=2001))
+    _assert_bins_describe(preprocess.feature_statistics(spread)["bins"], spread)
+    assert len(preprocess.feature_statistics(spread)["bins"]["edges"]) == 9
 
 
 # ----------------------------------------------------------------------------- training

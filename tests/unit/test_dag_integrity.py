@@ -35,6 +35,7 @@ dags = {
         "owner": dag.owner,
         "description": dag.description,
         "doc": dag.doc_md or "",
+        "top_level": list(dag.task_group.children),
     }
     for dag_id, dag in bag.dags.items()
 }
@@ -83,13 +84,45 @@ def test_training_dag_shape_and_ui_metadata(parsed: dict) -> None:
     assert dag["owner"] == "data-engineering"
     assert {"evaluation_threshold", "sagemaker_check_interval_seconds"} <= set(dag["params"])
     expected = [
-        "check_run_date", "wait_for_data", "extract", "stage_code", "plan_split", "split", "plan_tuning", "tune",
-        "best_model", "plan_evaluation", "evaluate", "quality_gate", "plan_registration",
-        "register",
+        "check_run_date", "wait_for_data", "extract", "stage_code", "split.plan", "split.job",
+        "tune.plan", "tune.job", "tune.best_model", "evaluate.plan", "evaluate.job",
+        "quality_gate", "register.plan", "register.version",
     ]  # fmt: skip
     assert sorted(dag["tasks"]) == sorted(expected)
     assert dag["retries"]["extract"] == 2
     assert dag["retries"]["quality_gate"] == 0, "a failed gate must not be retried"
+    # The graph reads like the pipeline: only the steps are top-level nodes.
+    assert dag["top_level"] == [
+        "check_run_date", "wait_for_data", "extract", "stage_code", "split", "tune", "evaluate",
+        "quality_gate", "register",
+    ]  # fmt: skip
+
+
+def test_batch_inference_dag_shape_and_ui_metadata(parsed: dict) -> None:
+    dag = parsed["dags"]["mlops_tpch_orders_batch_inference"]
+    assert dag["tags"] == ["batch_inference", "mlops", "tpch_orders"]
+    assert dag["doc_md"]
+    assert {"model_selection", "pinned_version"} <= set(dag["params"])
+    assert dag["top_level"] == [
+        "check_run_date", "wait_for_data", "extract", "select_model", "approve", "model",
+        "transform", "check", "drift",
+    ]  # fmt: skip
+    assert {"approve.auto", "approve.version", "transform.plan", "transform.job"} <= set(
+        dag["tasks"]
+    )
+    assert dag["retries"]["check"] == 0, "a failed output check must not be retried"
+
+
+@pytest.mark.parametrize("mode", ["none", "auto", "airflow", "registry"])
+def test_each_approval_mode_builds_its_approve_group(tmp_path: Path, mode: str) -> None:
+    config = SHIPPED.replace("    mode: auto  ", f"    mode: {mode}  ")
+    assert f"mode: {mode}" in config
+    include = _include_with(tmp_path, {"tpch_orders.yaml": config})
+    parsed = parse_dags(ROOT / "dags", {"MLOPS_INCLUDE_DIR": str(include)})
+    tasks = parsed["dags"]["mlops_tpch_orders_batch_inference"]["tasks"]
+    approve = sorted(t for t in tasks if t.startswith("approve."))
+    steps = {"none": [], "auto": ["approve.auto"], "airflow": ["approve.ask"]}
+    assert approve == sorted([*steps.get(mode, ["approve.wait"]), "approve.version"])
 
 
 def _include_with(tmp_path: Path, files: dict[str, str]) -> Path:
@@ -126,12 +159,26 @@ def test_one_bad_file_hides_no_other_use_case(tmp_path: Path) -> None:
     )
     include = _include_with(tmp_path, {"tpch_orders.yaml": SHIPPED, "zz_bad.yaml": bad})
     parsed = parse_dags(ROOT / "dags", {"MLOPS_INCLUDE_DIR": str(include)})
-    assert set(parsed["dags"]) == {"mlops_tpch_orders_training", "mlops_zz_bad_config_error"}
+    assert set(parsed["dags"]) == {
+        "mlops_tpch_orders_training",
+        "mlops_tpch_orders_batch_inference",
+        "mlops_zz_bad_config_error",
+    }
     assert "evaluation.threshold" in parsed["dags"]["mlops_zz_bad_config_error"]["doc"]
 
 
 def test_yml_files_are_use_cases_too(tmp_path: Path) -> None:
     include = _include_with(tmp_path, {"tpch_orders.yml": SHIPPED})
+    parsed = parse_dags(ROOT / "dags", {"MLOPS_INCLUDE_DIR": str(include)})
+    assert set(parsed["dags"]) == {
+        "mlops_tpch_orders_training",
+        "mlops_tpch_orders_batch_inference",
+    }
+
+
+def test_a_pipeline_dag_exists_only_with_its_section(tmp_path: Path) -> None:
+    training_only = SHIPPED[: SHIPPED.index("\nbatch_inference:")] + "\n"
+    include = _include_with(tmp_path, {"tpch_orders.yaml": training_only})
     parsed = parse_dags(ROOT / "dags", {"MLOPS_INCLUDE_DIR": str(include)})
     assert set(parsed["dags"]) == {"mlops_tpch_orders_training"}
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import gzip
 import io
 import json
 import math
@@ -26,6 +27,8 @@ from mlops_sagemaker.extract import (
     UnsupportedPrestoTypeError,
     arrow_type,
     extract_to_s3,
+    part_uris,
+    read_part,
     start_streaming_query,
 )
 
@@ -137,6 +140,7 @@ def test_window_extract_equals_query_result(presto, presto_conn, s3):
     assert parts[0] == f"{prefix}/data/part-00000.parquet"
     assert sum(p["rows"] for p in manifest["parts"]) == len(expected)
     assert manifest["data_uri"] == f"s3://{BUCKET}/{prefix}/data/"
+    assert manifest["format"] == "parquet"
     assert [(c["name"], c["presto_type"], c["arrow_type"]) for c in manifest["columns"]] == [
         ("orderkey", "bigint", "int64"),
         ("orderdate", "date", "date32[day]"),
@@ -265,6 +269,163 @@ def test_unsupported_type_fails_before_writing(presto, presto_conn, s3):
 def test_duplicate_column_names_fail(presto, presto_conn, s3):
     with pytest.raises(ExtractError, match="duplicate column names"):
         extract("SELECT orderkey, orderkey FROM orders", "dup/extract")
+
+
+# -- csv.gz parts ------------------------------------------------------------------------------
+
+TYPES_SQL = """
+    SELECT orderkey, CAST(shippriority AS integer) AS shippriority, totalprice,
+           totalprice / 7 AS price_7th, CAST(totalprice AS decimal(12,2)) AS price_dec,
+           CASE orderkey WHEN 1 THEN CAST('0.00000001' AS decimal(20,12))
+                         WHEN 2 THEN CAST(0 AS decimal(20,12)) END AS tiny_dec,
+           orderdate, CASE orderkey WHEN 1 THEN 'a,b "c"' WHEN 2 THEN '' END AS note,
+           CAST(orderdate AS timestamp) AS order_ts, orderstatus = 'F' AS finished,
+           CAST(NULL AS date) AS no_date
+    FROM orders WHERE orderkey IN (1, 2, 3) ORDER BY orderkey
+"""
+
+
+def get_body(s3, uri: str) -> bytes:
+    bucket, key = uri.removeprefix("s3://").split("/", 1)
+    return s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+
+
+def read_all(s3, manifest: dict) -> pa.Table:
+    return pa.concat_tables(read_part(get_body(s3, uri), manifest) for uri in part_uris(manifest))
+
+
+def test_csv_parts_read_back_with_the_manifests_types(presto, presto_conn, s3):
+    manifest = extract(TYPES_SQL, "csvtypes/extract", file_format="csv.gz")
+    table = read_all(s3, manifest)
+
+    assert manifest["format"] == "csv.gz"
+    assert part_uris(manifest) == [f"s3://{BUCKET}/csvtypes/extract/data/part-00000.csv.gz"]
+    assert table.equals(read_all(s3, extract(TYPES_SQL, "csvtypes/parquet")))
+    assert [str(f.type) for f in table.schema] == [c["arrow_type"] for c in manifest["columns"]]
+    assert table.to_pylist() == [
+        {
+            "orderkey": 1,
+            "shippriority": 0,
+            "totalprice": 172799.49,
+            "price_7th": 24685.641428571427,
+            "price_dec": Decimal("172799.49"),
+            "tiny_dec": Decimal("0.000000010000"),
+            "orderdate": dt.date(1996, 1, 2),
+            "note": 'a,b "c"',
+            "order_ts": dt.datetime(1996, 1, 2),
+            "finished": False,
+            "no_date": None,
+        },
+        {
+            "orderkey": 2,
+            "shippriority": 0,
+            "totalprice": 38426.09,
+            "price_7th": 5489.441428571428,
+            "price_dec": Decimal("38426.09"),
+            "tiny_dec": Decimal("0E-12"),
+            "orderdate": dt.date(1996, 12, 1),
+            "note": "",  # an empty string stays an empty string, not NULL
+            "order_ts": dt.datetime(1996, 12, 1),
+            "finished": False,
+            "no_date": None,
+        },
+        {
+            "orderkey": 3,
+            "shippriority": 0,
+            "totalprice": 205654.3,
+            "price_7th": 29379.18571428571,
+            "price_dec": Decimal("205654.30"),
+            "tiny_dec": None,
+            "orderdate": dt.date(1993, 10, 14),
+            "note": None,
+            "order_ts": dt.datetime(1993, 10, 14),
+            "finished": True,
+            "no_date": None,
+        },
+    ]
+
+
+def test_csv_text_is_headerless_rfc4180_with_plain_decimals(presto, presto_conn, s3):
+    manifest = extract(TYPES_SQL, "csvtext/extract", file_format="csv.gz")
+    body = get_body(s3, part_uris(manifest)[0])
+
+    assert body[:4] == b"\x1f\x8b\x08\x00"  # gzip, no file name in the header
+    assert body[4:8] == b"\x00\x00\x00\x00"  # mtime 0
+    assert gzip.decompress(body).decode().split("\n") == [
+        '1,0,172799.49,24685.641428571427,172799.49,"0.000000010000",1996-01-02,"a,b ""c""",'
+        "1996-01-02 00:00:00.000,false,",
+        '2,0,38426.09,5489.441428571428,38426.09,"0.000000000000",1996-12-01,"",'
+        "1996-12-01 00:00:00.000,false,",
+        "3,0,205654.3,29379.18571428571,205654.30,,1993-10-14,,1993-10-14 00:00:00.000,true,",
+        "",
+    ]
+
+
+def test_csv_doubles_round_trip_exactly(presto, presto_conn, s3):
+    sql = """
+        SELECT orderkey, totalprice / 7 AS a, sqrt(totalprice) AS b, totalprice * 1e-300 AS c,
+               1 / (totalprice * 1e-300) AS d
+        FROM orders ORDER BY orderkey
+    """
+    manifest = extract(sql, "csvfloat/extract", chunk_rows=5000, file_format="csv.gz")
+    table = read_all(s3, manifest)
+
+    expected = query(presto, sql)
+    assert manifest["part_count"] == 3 and table.num_rows == len(expected) == 15000
+    for index, name in enumerate(["a", "b", "c", "d"], start=1):
+        values = table.column(name).to_pylist()
+        assert [v.hex() for v in values] == [row[index].hex() for row in expected], name
+
+
+def test_csv_rerun_gives_byte_identical_parts(presto, presto_conn, s3):
+    sql = training_sql("1996-01-01", dt.date(1996, 1, 15))
+    first = extract(sql, "csvsame/extract", chunk_rows=30, file_format="csv.gz")
+    first_bodies = [get_body(s3, uri) for uri in part_uris(first)]
+    second = extract(sql, "csvsame/extract", chunk_rows=30, file_format="csv.gz")
+
+    assert first["part_count"] > 1
+    assert [get_body(s3, uri) for uri in part_uris(second)] == first_bodies
+    assert [p["sha256"] for p in second["parts"]] == [p["sha256"] for p in first["parts"]]
+
+
+def test_switching_format_deletes_the_other_formats_parts(presto, presto_conn, s3):
+    sql = training_sql("1996-01-01", dt.date(1996, 3, 1))
+    prefix = "switch/extract"
+    parquet = extract(sql, prefix, chunk_rows=50)
+    parquet_table = read_all(s3, parquet)
+
+    csv = extract(sql, prefix, chunk_rows=50, file_format="csv.gz")
+
+    assert csv["part_count"] == parquet["part_count"] > 1
+    assert keys_under(s3, f"{prefix}/data/") == [p["key"] for p in csv["parts"]]
+    assert all(p["key"].endswith(".csv.gz") for p in csv["parts"])
+    stored = json.loads(s3.get_object(Bucket=BUCKET, Key=f"{prefix}/manifest.json")["Body"].read())
+    assert stored["format"] == "csv.gz"
+    assert read_all(s3, csv).equals(parquet_table)
+
+    back = extract(sql, prefix, chunk_rows=400)
+    assert keys_under(s3, f"{prefix}/data/") == [p["key"] for p in back["parts"]]
+    assert [p["key"] for p in back["parts"]] == [f"{prefix}/data/part-00000.parquet"]
+
+
+def test_unknown_format_names_the_allowed_ones(presto, presto_conn, s3):
+    with pytest.raises(ValueError, match=r"'csv'.*'parquet', 'csv\.gz'"):
+        extract("SELECT orderkey FROM orders", "badformat/extract", file_format="csv")
+    assert keys_under(s3, "badformat/") == []
+
+
+def test_csv_refuses_line_breaks_in_strings(presto, presto_conn, s3):
+    sql = "SELECT orderkey, 'a' || chr(10) || 'b' AS note FROM orders WHERE orderkey < 5"
+    with pytest.raises(ExtractError, match=r"Column 'note' has 4 value\(s\) with a line break"):
+        extract(sql, "newline/extract", file_format="csv.gz")
+    assert keys_under(s3, "newline/") == []  # refused before the first part is written
+
+
+def test_csv_refuses_varbinary(presto, presto_conn, s3):
+    sql = "SELECT orderkey, to_utf8(clerk) AS raw FROM orders"
+    with pytest.raises(UnsupportedPrestoTypeError, match=r"to_base64\(raw\)"):
+        extract(sql, "binary/extract", file_format="csv.gz")
+    assert keys_under(s3, "binary/") == []
 
 
 # -- streaming ---------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ from local_stack.sagemaker_runtime import validation
 from mlops_sagemaker import tasks
 from mlops_sagemaker.config import load_use_case
 from mlops_sagemaker.naming import MAX_NAME, MAX_TUNING_NAME
+from mlops_sagemaker.payloads import StagedCode
 from mlops_sagemaker.sagemaker_requests import RunInfo
 from mlops_sagemaker.training_dag import build_training_dag
 
@@ -31,15 +32,15 @@ def validate(operation: str, request: dict) -> None:
     assert not found, validation.report(found)
 
 
-def staged() -> dict[str, str]:
+def staged() -> StagedCode:
     code = "s3://mlops-local/mlops/tpch_orders/code/0123456789ab"
-    return {
-        "version": "0123456789ab",
-        "scripts_uri": f"{code}/scripts/",
-        "sourcedir_uri": f"{code}/sourcedir.tar.gz",
-        "image_uri": IMAGE,
-        "region": "us-east-1",
-    }
+    return StagedCode(
+        version="0123456789ab",
+        scripts_uri=f"{code}/scripts/",
+        sourcedir_uri=f"{code}/sourcedir.tar.gz",
+        image_uri=IMAGE,
+        region="us-east-1",
+    )
 
 
 def run_for(ds: str) -> RunInfo:
@@ -86,11 +87,13 @@ def plans_for(ds: str) -> dict[str, dict]:
     )
     evaluation = tasks.plan_evaluation(CONFIG, run, code, split_result, model)
     gate = tasks.quality_gate(
-        CONFIG, {"binary_classification_metrics": {"auc": {"value": 0.8}}}, None
+        CONFIG,
+        {"binary_classification_metrics": {"auc": {"value": 0.8}}},
+        None,
+        f"{base}/evaluation/evaluation.json",
     )
-    gate["evaluation_uri"] = f"{base}/evaluation/evaluation.json"
     registration = tasks.plan_registration(
-        CONFIG, run, code, model, gate, manifest,
+        CONFIG, run, code, model, gate, manifest, f"{base}/split/baseline/baseline.json",
         {"train": 1600, "validation": 350, "test": 350},
     )  # fmt: skip
     return {
@@ -258,7 +261,7 @@ def test_rendered_sql_is_presto_sql_with_the_right_window(dag, ds: str) -> None:
     sql = render(dag, "extract", ds)
     sqlglot.parse_one(sql, read="presto")
     end = datetime.fromisoformat(ds).date() + timedelta(days=1)
-    start = end - timedelta(days=CONFIG.source.lookback_days)
+    start = end - timedelta(days=CONFIG.need_training().lookback_days)
     assert f"o.orderdate >= DATE '{start.isoformat()}'" in sql
     assert f"o.orderdate < DATE '{end.isoformat()}'" in sql
     assert "tpch.tiny.orders" in sql

@@ -12,6 +12,7 @@ import pytest
 
 from local_stack.presto_standin.errors import PrestoError
 from local_stack.presto_standin.grammar import check_statement
+from mlops_sagemaker.batch_dag import build_batch_inference_dag
 from mlops_sagemaker.config import load_all
 from mlops_sagemaker.training_dag import build_training_dag
 
@@ -22,17 +23,31 @@ RUN_DATES = ("1993-01-01", "1996-02-29", "1998-08-02")
 USE_CASES = load_all(INCLUDE / "config").use_cases
 
 
+BUILDERS = {"training": build_training_dag, "batch_inference": build_batch_inference_dag}
+
+
 @functools.cache
-def training_dag(use_case: str):
-    """The use case's DAG, built once per test session."""
-    return build_training_dag(next(c for c in USE_CASES if c.use_case == use_case), INCLUDE)
+def pipeline_dag(use_case: str, pipeline: str):
+    """The use case's DAG of ``pipeline``, built once per test session."""
+    config = next(c for c in USE_CASES if c.use_case == use_case)
+    return BUILDERS[pipeline](config, INCLUDE)
 
 
-def render(config, name: str, ds: str) -> str:
+def queries(config) -> list[tuple[str, str]]:
+    """(pipeline, SQL file) of every query the config's pipeline sections name."""
+    found = []
+    for pipeline in BUILDERS:
+        section = getattr(config, pipeline)
+        if section is not None:
+            found += [(pipeline, section.query), (pipeline, section.data_arrival_query)]
+    return found
+
+
+def render(config, name: str, ds: str, pipeline: str = "training") -> str:
     """Render ``include/sql/<sql_dir>/<name>`` with the DAG's own Jinja environment (its
     StrictUndefined, macros ``source``/``window_start``, Airflow's filters) and the context
     Airflow gives the run for ``ds``."""
-    dag = training_dag(config.use_case)
+    dag = pipeline_dag(config.use_case, pipeline)
     run_after = pendulum.instance(datetime.fromisoformat(ds).replace(tzinfo=UTC) + timedelta(1))
     interval = dag.timetable.infer_manual_data_interval(run_after=run_after)
     context = {
@@ -48,22 +63,25 @@ def render(config, name: str, ds: str) -> str:
 
 def sql_cases():
     for config in USE_CASES:
-        for path in sorted((INCLUDE / "sql" / config.sql_dir).glob("*.sql")):
+        for pipeline, name in queries(config):
             for ds in RUN_DATES:
-                yield pytest.param(config, path.name, ds, id=f"{config.use_case}/{path.name}/{ds}")
+                case = f"{config.use_case}/{pipeline}/{name}/{ds}"
+                yield pytest.param(config, pipeline, name, ds, id=case)
 
 
 def test_every_query_the_configs_name_is_linted():
     assert USE_CASES, "no use case found"
-    linted = {(c.values[0].use_case, c.values[1]) for c in sql_cases()}
+    linted = {(c.values[0].use_case, c.values[2]) for c in sql_cases()}
     for config in USE_CASES:
-        for name in (config.source.training_query, config.source.data_arrival_query):
+        shipped = {p.name for p in (INCLUDE / "sql" / config.sql_dir).glob("*.sql")}
+        assert shipped == {name for _, name in queries(config)}, "an unused or missing SQL file"
+        for _, name in queries(config):
             assert (config.use_case, name) in linted
 
 
-@pytest.mark.parametrize(("config", "name", "ds"), list(sql_cases()))
-def test_shipped_sql_parses_as_presto(config, name, ds):
-    sql = render(config, name, ds)
+@pytest.mark.parametrize(("config", "pipeline", "name", "ds"), list(sql_cases()))
+def test_shipped_sql_parses_as_presto(config, pipeline, name, ds):
+    sql = render(config, name, ds, pipeline)
     assert "{{" not in sql and "{%" not in sql
     check_statement(sql)
 
@@ -72,7 +90,7 @@ def test_lint_rejects_a_broken_query(tmp_path):
     """Negative control: the training query with an empty GROUP BY item fails with Presto's
     message, line and column."""
     config = USE_CASES[0]
-    sql = render(config, config.source.training_query, "1996-02-29")
+    sql = render(config, config.need_training().query, "1996-02-29")
     broken = sql.replace("GROUP BY o.orderkey,", "GROUP BY o.orderkey,,", 1)
     assert broken != sql
     line = broken[: broken.index(",,")].count("\n") + 1

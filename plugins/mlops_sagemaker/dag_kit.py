@@ -1,0 +1,181 @@
+"""What every pipeline DAG of a use case shares, written once.
+
+The training and batch-inference builders (and the endpoint builder after them) take a
+:class:`PipelineKit` and get from it: the DAG itself (ranged cron timetable, default args with the
+failure policy's exponential backoff, the StrictUndefined template environment with the
+use case's ``source`` and ``window_start`` macros, the shared Params), the opening steps
+``check_run_date`` → ``wait_for_data`` → ``extract``, code staging, and the job-wait settings of
+the SageMaker operators. Nothing here touches the network at parse time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import jinja2
+from airflow.sdk import DAG, Param, get_current_context, task
+
+from mlops_sagemaker import tasks
+from mlops_sagemaker.config import BatchInference, Training, UseCase
+from mlops_sagemaker.failures import apply_policy
+from mlops_sagemaker.operators import CHECK_INTERVAL_PARAM, DataArrivalSensor, PrestoToS3Operator
+from mlops_sagemaker.payloads import StagedCode
+from mlops_sagemaker.timetables import RangedCronDataIntervalTimetable
+
+
+@dataclass(frozen=True)
+class Opening:
+    """The first tasks of a pipeline: the run-date check, the sensor and the extraction."""
+
+    check: Any
+    wait_for_data: Any
+    extract: Any
+
+
+@dataclass(frozen=True)
+class PipelineKit:
+    """One pipeline (``training`` or ``batch_inference``) of one use case."""
+
+    config: UseCase
+    pipeline: str
+    include_dir: Path
+
+    @property
+    def section(self) -> Training | BatchInference:
+        """The config section of this pipeline."""
+        section = getattr(self.config, self.pipeline)
+        if section is None:
+            raise ValueError(f"use case {self.config.use_case} has no {self.pipeline} section")
+        return section
+
+    @property
+    def dag_id(self) -> str:
+        """``mlops_<use_case>_<pipeline>``."""
+        return f"mlops_{self.config.use_case}_{self.pipeline}"
+
+    @property
+    def step_code_dir(self) -> Path:
+        """The step scripts shipped to SageMaker."""
+        return self.include_dir / "step_code"
+
+    def window_start(self, data_interval_end: datetime) -> str:
+        """First day of the pipeline's query window (``lookback_days`` before the interval end)."""
+        lookback = timedelta(days=self.section.lookback_days)
+        return (data_interval_end.date() - lookback).isoformat()
+
+    def job_wait(self) -> dict[str, Any]:
+        """Keyword arguments of the idempotent SageMaker job operators: how they wait."""
+        settings = self.config.sagemaker
+        return {
+            "aws_conn_id": self.config.connections.aws,
+            "check_interval": settings.check_interval_seconds,
+            "max_ingestion_time": settings.max_job_wait_seconds,
+            "deferrable": settings.deferrable,
+        }
+
+    def dag(self, *, description: str, doc_md: str, params: dict[str, Param]) -> DAG:
+        """The pipeline's DAG with the shared schedule, templates, Params and default args."""
+        config, schedule = self.config, self.section.schedule
+        return DAG(
+            dag_id=self.dag_id,
+            description=description,
+            doc_md=doc_md,
+            # The date range lives on the timetable, not the DAG (see timetables.py): a manual
+            # run outside it then fails in check_run_date instead of "succeeding" with no task.
+            schedule=RangedCronDataIntervalTimetable(
+                schedule.cron, "UTC", schedule.start_date, schedule.end_date
+            ),
+            start_date=None,
+            catchup=schedule.catchup,
+            max_active_runs=schedule.max_active_runs,
+            tags=["mlops", config.use_case, self.pipeline],
+            template_searchpath=[str(self.include_dir / "sql" / config.sql_dir)],
+            template_undefined=jinja2.StrictUndefined,
+            user_defined_macros={
+                "source": {"catalog": config.source.catalog, "schema": config.source.schema_},
+                "window_start": self.window_start,
+            },
+            params={**params, CHECK_INTERVAL_PARAM: self._check_interval_param()},
+            default_args={
+                "owner": config.owner,
+                "retries": schedule.retries,
+                "retry_delay": timedelta(seconds=schedule.retry_delay_seconds),
+                # Only transient failures reach a retry (failures.py): back off exponentially.
+                "retry_exponential_backoff": 2.0,
+                "max_retry_delay": timedelta(seconds=schedule.max_retry_delay_seconds),
+            },
+        )
+
+    def _check_interval_param(self) -> Param:
+        return Param(
+            self.config.sagemaker.check_interval_seconds,
+            type="integer",
+            minimum=1,
+            maximum=3600,
+            title="SageMaker poll interval (s)",
+            description="How often to poll SageMaker jobs in this run.",
+        )
+
+    def opening(self, *, file_format: str = "parquet") -> Opening:
+        """``check_run_date`` → ``wait_for_data`` → ``extract`` (call inside the DAG)."""
+        config, section = self.config, self.section
+        check = check_run_date_task(config, self.pipeline)
+        wait_for_data = DataArrivalSensor(
+            task_id="wait_for_data",
+            conn_id=config.connections.presto,
+            sql=section.data_arrival_query,
+            mode="reschedule",
+            poke_interval=config.source.sensor.poke_interval_seconds,
+            timeout=config.source.sensor.timeout_seconds,
+            fail_on_empty=True,
+            doc_md="True once the run date's data is in Presto.",
+        )
+        extract = PrestoToS3Operator(
+            task_id="extract",
+            sql=section.query,
+            s3_bucket=config.storage.bucket,
+            s3_prefix=(
+                f"{config.storage.prefix}/{config.use_case}/{self.pipeline}/{{{{ ds }}}}/extract"
+            ),
+            presto_conn_id=config.connections.presto,
+            aws_conn_id=config.connections.aws,
+            chunk_rows=config.source.extract_chunk_rows,
+            file_format=file_format,
+            context_label=(
+                "order dates {{ window_start(data_interval_end) }} .. "
+                "{{ data_interval_end | ds }} (exclusive)"
+            ),
+        )
+        check >> wait_for_data >> extract
+        return Opening(check, wait_for_data, extract)
+
+    def stage_code(self) -> Any:
+        """A task uploading the content-addressed step code (returns ``StagedCode`` as XCom)."""
+        config, step_code_dir = self.config, self.step_code_dir
+
+        @task(task_id="stage_code")
+        @apply_policy
+        def stage_code() -> dict[str, str]:
+            """Upload the content-addressed step code; resolve the container image."""
+            return tasks.stage_code(config, step_code_dir, config.connections.aws).as_xcom()
+
+        return stage_code()
+
+
+def check_run_date_task(config: UseCase, pipeline: str) -> Any:
+    """A task failing loudly when the run's logical date is outside the pipeline's range."""
+
+    @task(task_id="check_run_date", retries=0)
+    @apply_policy
+    def check_run_date() -> str:
+        """Fail (no retries) unless the run date is within the schedule's start/end dates."""
+        context = get_current_context()
+        return tasks.check_run_date(config, pipeline, context["logical_date"])
+
+    return check_run_date().operator
+
+
+__all__ = ["Opening", "PipelineKit", "StagedCode", "check_run_date_task"]

@@ -1,0 +1,78 @@
+"""Named types for what our tasks hand each other through XCom.
+
+XCom stores JSON. Each payload is a frozen dataclass with ``as_xcom()`` (what the task returns)
+and ``from_xcom()`` (what the next task reads, failing with the payload's name and the missing
+field instead of a ``KeyError`` deep in a request builder). Airflow's own XCom serialisation of
+custom classes is not used on purpose: it needs ``[core] allowed_deserialization_classes`` set
+in every deployment that imports the package. The describe outputs the provider operators push
+(``{"Processing": ...}``, ``{"Tuning": ...}``, ``{"Transform": ...}``) stay as AWS shapes them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from typing import Any, Self
+
+
+class PayloadError(ValueError):
+    """An XCom value does not have the fields of the payload a task expects."""
+
+
+class Payload:
+    """JSON round trip shared by every payload dataclass."""
+
+    def as_xcom(self) -> dict[str, Any]:
+        """The JSON-friendly dict pushed to XCom."""
+        return asdict(self)  # type: ignore[call-overload]
+
+    @classmethod
+    def from_xcom(cls, value: Mapping[str, Any] | None) -> Self:
+        """Rebuild the payload from its XCom dict (unknown keys are ignored)."""
+        if not isinstance(value, Mapping):
+            raise PayloadError(f"{cls.__name__}: expected a mapping from XCom, got {value!r}")
+        fields = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        required = {
+            f.name
+            for f in dataclasses.fields(cls)  # type: ignore[arg-type]
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        }
+        missing = sorted(required - set(value))
+        if missing:
+            raise PayloadError(f"{cls.__name__}: XCom value lacks {', '.join(missing)}")
+        return cls(**{k: v for k, v in value.items() if k in fields})
+
+
+@dataclass(frozen=True)
+class StagedCode(Payload):
+    """Where the content-addressed step code is, and the image and region to run it with."""
+
+    version: str
+    scripts_uri: str
+    sourcedir_uri: str
+    image_uri: str
+    region: str
+
+
+@dataclass(frozen=True)
+class BestModel(Payload):
+    """The tuning job's best training job and its model artifact."""
+
+    training_job_name: str
+    objective: dict[str, Any]
+    hyperparameters: dict[str, Any]
+    model_data_url: str
+    tuning_job_name: str
+    training_jobs: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class GateResult(Payload):
+    """The quality gate's verdict on the evaluated model (only passing results exist)."""
+
+    metric: str
+    value: float
+    threshold: float
+    baseline: dict[str, Any]
+    evaluation_uri: str

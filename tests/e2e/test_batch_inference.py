@@ -1,0 +1,417 @@
+"""The real batch-inference DAG, run by ``airflow dags test`` against the local stack.
+
+One training run registers a real model version; further versions for the approval and
+selection cases are re-registrations of its artifact under other run dates (what a retrain
+would register, without paying for another tuning job). Each test is one or more whole DAG runs.
+Tests build on the versions the earlier ones leave behind, in file order.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+from test_training_dag import free_port
+
+from local_stack.stack import LocalStack
+
+ROOT = Path(__file__).resolve().parents[2]
+TRAIN = "mlops_tpch_orders_training"
+BATCH = "mlops_tpch_orders_batch_inference"
+GROUP = "tpch-orders-late-delivery"
+PREFIX = "mlops/tpch_orders/batch_inference"
+TRAIN_DS = "1996-02-29"
+FAST = {"sagemaker_check_interval_seconds": 1}
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory):
+    home = tmp_path_factory.mktemp("stack")
+    with LocalStack(
+        presto_port=free_port(), aws_port=free_port(), home=Path(home), clean=True
+    ) as running:
+        running.migrate_db()
+        yield running
+
+
+@pytest.fixture(scope="module")
+def trained(stack: LocalStack) -> str:
+    """ARN of the version the real training DAG registers for TRAIN_DS (pending approval)."""
+    code, log = dags_test(stack, TRAIN, TRAIN_DS)
+    assert code == 0, log[-3000:]
+    (arn,) = [v["ModelPackageArn"] for v in versions(stack)]
+    return arn
+
+
+def dags_test(stack: LocalStack, dag_id: str, ds: str, conf: dict | None = None, env=None):
+    result = stack.airflow(
+        "dags", "test", dag_id, ds, "--conf", json.dumps({**FAST, **(conf or {})}),
+        check=False, extra_env=env,
+    )  # fmt: skip
+    return result.returncode, result.stdout + result.stderr
+
+
+def include_copy(tmp_path: Path, replacements: dict[str, str], sql: dict[str, str] | None = None):
+    """An include/ copy with text replacements in the config and replaced SQL files."""
+    include = tmp_path / "include"
+    shutil.copytree(ROOT / "include", include)
+    path = include / "config" / "tpch_orders.yaml"
+    text = path.read_text()
+    for old, new in replacements.items():
+        assert old in text, old
+        text = text.replace(old, new)
+    path.write_text(text)
+    for name, body in (sql or {}).items():
+        (include / "sql" / "tpch_orders" / name).write_text(body)
+    return {"MLOPS_INCLUDE_DIR": str(include)}
+
+
+def mode(name: str, **extra: str) -> dict[str, str]:
+    replacements = {"    mode: auto ": f"    mode: {name} "}
+    replacements.update(extra)
+    return replacements
+
+
+def versions(stack: LocalStack) -> list[dict]:
+    sm = stack.client("sagemaker")
+    listed = sm.list_model_packages(ModelPackageGroupName=GROUP, SortBy="CreationTime")
+    return [
+        sm.describe_model_package(ModelPackageName=s["ModelPackageArn"])
+        for s in listed["ModelPackageSummaryList"]
+    ]
+
+
+def reregister(stack: LocalStack, arn: str, run_date: str, status: str) -> str:
+    """A new version of ``arn``'s artifact registered as if trained for ``run_date``."""
+    sm = stack.client("sagemaker")
+    source = sm.describe_model_package(ModelPackageName=arn)
+    properties = {**source["CustomerMetadataProperties"], "run_date": run_date}
+    properties["registration_key"] = f"test-{run_date}"
+    return sm.create_model_package(
+        ModelPackageGroupName=GROUP,
+        ModelPackageDescription=f"re-registered for {run_date}",
+        ModelApprovalStatus=status,
+        InferenceSpecification=source["InferenceSpecification"],
+        ModelMetrics=source["ModelMetrics"],
+        DriftCheckBaselines=source["DriftCheckBaselines"],
+        CustomerMetadataProperties=properties,
+    )["ModelPackageArn"]
+
+
+def counts(stack: LocalStack) -> dict[str, int]:
+    sm = stack.client("sagemaker")
+    return {
+        "models": len(sm.list_models(MaxResults=100)["Models"]),
+        "transforms": len(sm.list_transform_jobs(MaxResults=100)["TransformJobSummaries"]),
+    }
+
+
+def transforms_for(stack: LocalStack, ds: str) -> list[dict]:
+    sm = stack.client("sagemaker")
+    found = sm.list_transform_jobs(NameContains=f"-{ds.replace('-', '')}-bt-", MaxResults=100)
+    return found["TransformJobSummaries"]
+
+
+def objects(stack: LocalStack, prefix: str) -> dict[str, bytes]:
+    s3 = stack.client("s3")
+    listed = s3.list_objects_v2(Bucket=stack.bucket, Prefix=prefix).get("Contents", [])
+    return {
+        o["Key"]: s3.get_object(Bucket=stack.bucket, Key=o["Key"])["Body"].read() for o in listed
+    }
+
+
+def extracted_keys(stack: LocalStack, ds: str) -> list[int]:
+    parts = objects(stack, f"{PREFIX}/{ds}/extract/data/")
+    keys = []
+    for _, body in sorted(parts.items()):
+        lines = gzip.decompress(body).decode().splitlines()
+        keys += [int(line.split(",")[0]) for line in lines]
+    return keys
+
+
+def predictions(stack: LocalStack, ds: str):
+    parts = {
+        k: v
+        for k, v in objects(stack, f"{PREFIX}/predictions/ds={ds}/").items()
+        if k.endswith(".parquet")
+    }
+    assert parts, f"no predictions for {ds}"
+    tables = [pq.read_table(io.BytesIO(body)) for _, body in sorted(parts.items())]
+    return [row for table in tables for row in table.to_pylist()]
+
+
+def states(stack: LocalStack, ds: str, dag_id: str = BATCH) -> dict[str, tuple[int, str]]:
+    with sqlite3.connect(stack.airflow_home / "airflow.db") as db:
+        rows = db.execute(
+            "SELECT ti.task_id, ti.try_number, ti.state FROM task_instance ti "
+            "JOIN dag_run r ON r.dag_id = ti.dag_id AND r.run_id = ti.run_id "
+            "WHERE ti.dag_id = ? AND date(r.logical_date) = ?",
+            (dag_id, ds),
+        ).fetchall()
+    return {task: (number, state) for task, number, state in rows}
+
+
+def asset_events(stack: LocalStack, name: str) -> list[dict]:
+    with sqlite3.connect(stack.airflow_home / "airflow.db") as db:
+        rows = db.execute(
+            "SELECT e.extra FROM asset_event e JOIN asset a ON a.id = e.asset_id "
+            "WHERE a.name = ? ORDER BY e.id",
+            (name,),
+        ).fetchall()
+    return [json.loads(extra) for (extra,) in rows]
+
+
+# --------------------------------------------------------------------------- the tests, in order
+
+
+def test_none_mode_with_nothing_approved_fails_naming_the_group(stack, trained, tmp_path):
+    ds = "1996-03-01"
+    code, log = dags_test(stack, BATCH, ds, env=include_copy(tmp_path, mode("none")))
+    assert code != 0
+    assert states(stack, ds)["select_model"] == (1, "failed"), "a permanent error: no retry"
+    assert f"No model version to use in group {GROUP}" in log or GROUP in log
+    assert "latest_approved" in log
+    assert "PendingManualApproval" in log, "the error lists what exists"
+    assert transforms_for(stack, ds) == []
+
+
+def test_auto_mode_scores_the_next_day_and_a_rerun_changes_nothing(stack, trained):
+    ds = "1996-03-01"
+    code, log = dags_test(stack, BATCH, ds)
+    assert code == 0, log[-3000:]
+    (version,) = versions(stack)
+    assert version["ModelApprovalStatus"] == "Approved"
+    assert "auc" in version["ApprovalDescription"] and "0.7" in version["ApprovalDescription"]
+    rows = predictions(stack, ds)
+    keys = extracted_keys(stack, ds)
+    assert len(keys) > 100
+    assert sorted(r["orderkey"] for r in rows) == sorted(keys), "every key exactly once"
+    assert all(0 <= r["probability"] <= 1 for r in rows)
+    assert all(r["predicted_label"] == int(r["probability"] >= 0.5) for r in rows)
+    assert {r["model_package_arn"] for r in rows} == {trained}
+    assert {str(r["run_date"]) for r in rows} == {ds}
+    (event,) = asset_events(stack, "mlops.tpch_orders.predictions")
+    assert event["ds"] == ds and event["rows"] == len(keys)
+    assert event["model_package_arn"] == trained
+    assert event["output_uri"].endswith(f"predictions/ds={ds}/")
+    assert asset_events(stack, "mlops.tpch_orders.drift") == [], "unchanged data: no drift"
+    report = json.loads(objects(stack, f"{PREFIX}/{ds}/drift/report.json").popitem()[1])
+    assert report["level"] in ("ok", "warn")
+
+    before, published = counts(stack), objects(stack, f"{PREFIX}/predictions/ds={ds}/")
+    code, log = dags_test(stack, BATCH, ds)
+    assert code == 0, log[-3000:]
+    assert counts(stack) == before, "a re-run creates no model and no transform job"
+    assert objects(stack, f"{PREFIX}/predictions/ds={ds}/") == published, "byte-identical"
+
+
+def test_tripled_prices_are_drift_that_asks_for_retraining(stack, trained, tmp_path):
+    ds = "1996-03-02"
+    sql = (ROOT / "include/sql/tpch_orders/batch.sql").read_text()
+    tripled = sql.replace("l.extendedprice", "(l.extendedprice * 3)")
+    assert tripled != sql
+    code, log = dags_test(stack, BATCH, ds, env=include_copy(tmp_path, {}, {"batch.sql": tripled}))
+    assert code == 0, "drift never fails the batch unless the config says so"
+    report = json.loads(objects(stack, f"{PREFIX}/{ds}/drift/report.json").popitem()[1])
+    psi = {f["feature"]: f for f in report["features"]}
+    assert psi["total_extended_price"]["psi"] > 0.25
+    assert psi["total_extended_price"]["level"] == "retrain"
+    assert psi["lineitem_count"]["level"] == "ok"
+    (drift,) = asset_events(stack, "mlops.tpch_orders.drift")
+    assert drift["ds"] == ds and drift["drift_level"] == "retrain"
+    assert "total_extended_price" in log and "retrain" in log, "the drift table is in the log"
+
+
+def test_as_of_run_date_scores_each_date_with_the_model_of_its_time(stack, trained):
+    summer = reregister(stack, trained, "1996-06-30", "Approved")
+    conf = {"model_selection": "as_of_run_date"}
+    expected = {"1996-03-05": trained, "1996-07-01": summer, "1997-01-02": summer}
+    for ds, arn in expected.items():
+        code, log = dags_test(stack, BATCH, ds, conf)
+        assert code == 0, log[-3000:]
+        assert {r["model_package_arn"] for r in predictions(stack, ds)} == {arn}, ds
+
+
+def test_a_failed_transform_fails_with_sagemakers_reason(stack, trained):
+    ds = "1996-03-06"
+    stack.faults({"fail": {"tpch-ord-19960306-bt-*": "ClientError: injected: bad model input"}})
+    try:
+        code, log = dags_test(stack, BATCH, ds)
+    finally:
+        stack.faults(None)
+    assert code != 0
+    assert "ClientError: injected: bad model input" in log
+    assert states(stack, ds)["transform.job"] == (1, "failed"), "a ClientError is permanent"
+    assert states(stack, ds)["check"][1] == "upstream_failed"
+
+
+def test_a_truncated_output_fails_the_row_check_with_counts(stack, trained):
+    ds = "1996-03-01"  # scored by the auto-mode test: its transform is reused here
+    s3 = stack.client("s3")
+    (key,) = [k for k in objects(stack, f"{PREFIX}/{ds}/transform/") if k.endswith(".out")]
+    lines = s3.get_object(Bucket=stack.bucket, Key=key)["Body"].read().decode().splitlines()
+    dropped = lines[-1].split(",")[0]
+    s3.put_object(Bucket=stack.bucket, Key=key, Body=("\n".join(lines[:-1]) + "\n").encode())
+    code, log = dags_test(stack, BATCH, ds)
+    assert code != 0
+    assert f"has {len(lines) - 1} rows" in log and f"{len(lines)}" in log
+    assert dropped in log, "the message names the missing key"
+    assert states(stack, ds)["check"] == (1, "failed")
+
+
+def wait_for(what: str, check, timeout: float, proc: subprocess.Popen | None = None):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"the DAG run ended before {what}")
+        time.sleep(1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def start_dags_test(stack: LocalStack, ds: str, env: dict, log: Path) -> subprocess.Popen:
+    with open(log, "wb") as out:
+        return subprocess.Popen(
+            [str(Path(sys.executable).parent / "airflow"), "dags", "test", BATCH, ds,
+             "--conf", json.dumps(FAST)],
+            env={**stack.airflow_env(), **env}, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+
+
+def test_registry_mode_waits_until_the_version_is_approved_in_sagemaker(stack, trained, tmp_path):
+    ds = "1996-08-02"
+    pending = reregister(stack, trained, "1996-08-01", "PendingManualApproval")
+    timeout = "    response_timeout_seconds: 86400"
+    fast_poke = {timeout: "    poke_interval_seconds: 5\n" + timeout}
+    env = include_copy(tmp_path, mode("registry", **fast_poke))
+    log = tmp_path / "dags-test.log"
+    run = start_dags_test(stack, ds, env, log)
+    try:
+        wait_for(
+            "the approval sensor to wait",
+            lambda: states(stack, ds).get("approve.wait", (0, ""))[1] == "up_for_reschedule",
+            300,
+            run,
+        )
+        stack.client("sagemaker").update_model_package(
+            ModelPackageArn=pending,
+            ModelApprovalStatus="Approved",
+            ApprovalDescription="approved in SageMaker Studio by the test",
+        )
+        assert run.wait(timeout=600) == 0, log.read_text()[-3000:]
+    finally:
+        run.kill()
+    assert {r["model_package_arn"] for r in predictions(stack, ds)} == {pending}
+
+
+def api_server(stack: LocalStack, port: int, log: Path) -> subprocess.Popen:
+    env = {
+        **stack.airflow_env(),
+        "AIRFLOW__API__PORT": str(port),
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "True",
+    }
+    with open(log, "wb") as out:
+        return subprocess.Popen(
+            [str(Path(sys.executable).parent / "airflow"), "api-server", "--port", str(port)],
+            env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+
+
+def rest(url: str, method: str = "GET", body: dict | None = None, token: str | None = None):
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(
+        url,
+        method=method,
+        data=json.dumps(body).encode() if body is not None else None,
+        headers={
+            "Content-Type": "application/json",
+            **({"Authorization": f"Bearer {token}"} if token else {}),
+        },
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=10) as answer:
+            return json.loads(answer.read() or b"null")
+    except (urllib.error.URLError, ConnectionError, TimeoutError):
+        return None
+
+
+@pytest.fixture(scope="module")
+def api(stack: LocalStack, tmp_path_factory: pytest.TempPathFactory):
+    """An API server on the runs' metadata DB: where the UI's approval answers go."""
+    port = free_port()
+    log = tmp_path_factory.mktemp("api") / "api-server.log"
+    server = api_server(stack, port, log)
+    base = f"http://localhost:{port}"
+    try:
+        wait_for("the API server", lambda: rest(f"{base}/api/v2/monitor/health"), 240, server)
+        # With simple_auth_manager_all_admins, GET /auth/token gives an admin token (user
+        # "Anonymous"), as the UI gets one without a login form.
+        answer = wait_for("a token", lambda: rest(f"{base}/auth/token"), 30)
+        yield base, answer["access_token"]
+    finally:
+        os.killpg(server.pid, 15)
+        server.wait(timeout=30)
+
+
+@pytest.mark.parametrize("answer", ["Approve", "Reject"])
+def test_airflow_mode_asks_in_the_ui_and_records_the_answer(stack, trained, api, tmp_path, answer):
+    base, token = api
+    ds = {"Approve": "1996-09-02", "Reject": "1996-10-02"}[answer]
+    pending = reregister(stack, trained, ds[:8] + "01", "PendingManualApproval")
+    before = counts(stack)["transforms"]
+    log = tmp_path / "dags-test.log"
+    run = start_dags_test(stack, ds, include_copy(tmp_path, mode("airflow")), log)
+    try:
+        run_id = wait_for(
+            "the approval to be asked",
+            lambda: _awaiting(stack, ds),
+            300,
+            run,
+        )
+        url = (
+            f"{base}/api/v2/dags/{BATCH}/dagRuns/{run_id}/taskInstances/approve.ask/-1/hitlDetails"
+        )
+        detail = rest(url, token=token)
+        assert detail and f"version {pending.rsplit('/', 1)[1]}" in detail["body"].lower()
+        answered = rest(url, "PATCH", {"chosen_options": [answer], "params_input": {}}, token)
+        assert answered is not None, "the API refused the answer"
+        assert run.wait(timeout=600) == 0, log.read_text()[-3000:]
+    finally:
+        run.kill()
+    described = stack.client("sagemaker").describe_model_package(ModelPackageName=pending)
+    final = states(stack, ds)
+    assert not [t for t, (_, s) in final.items() if s in ("failed", "upstream_failed")]
+    if answer == "Approve":
+        assert described["ModelApprovalStatus"] == "Approved"
+        assert "Approved in Airflow by Anonymous" in described["ApprovalDescription"]
+        assert {r["model_package_arn"] for r in predictions(stack, ds)} == {pending}
+    else:
+        assert described["ModelApprovalStatus"] == "Rejected"
+        assert "Rejected in Airflow by Anonymous" in described["ApprovalDescription"]
+        assert counts(stack)["transforms"] == before, "a rejected version starts no transform"
+        assert final["transform.job"][1] == "skipped"
+
+
+def _awaiting(stack: LocalStack, ds: str) -> str | None:
+    with sqlite3.connect(stack.airflow_home / "airflow.db") as db:
+        row = db.execute(
+            "SELECT ti.run_id, ti.state FROM task_instance ti JOIN dag_run r "
+            "ON r.dag_id = ti.dag_id AND r.run_id = ti.run_id WHERE ti.dag_id = ? "
+            "AND ti.task_id = 'approve.ask' AND date(r.logical_date) = ?",
+            (BATCH, ds),
+        ).fetchone()
+    return row[0] if row and row[1] in ("deferred", "awaiting_input") else None
