@@ -29,6 +29,7 @@ NOT_EXERCISED_LOCALLY: dict[str, dict[str, str]] = {
             "failed; an `airflow dags test` run is never killed mid-job"
         ),
         "sagemaker:StopHyperParameterTuningJob": "as StopProcessingJob (on_kill of the tuning task)",
+        "sagemaker:StopTransformJob": "as StopProcessingJob (on_kill of the transform task)",
         "sagemaker:ListTrainingJobsForHyperParameterTuningJob": (
             "called only when a tuning job failed, to tell script errors (permanent) from the "
             "rest; tests/e2e/test_failure_modes.py checks it is granted"

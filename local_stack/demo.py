@@ -70,8 +70,8 @@ def _print_batch(summary: dict) -> None:
     )
     drift = summary.get("drift") or {}
     print(f"drift (PSI):       worst level {drift.get('level', 'not measured')}")
-    for feature in drift.get("features", []):
-        print(f"  {feature['feature']:<24} {feature['psi']:>8.4f}  {feature['level']}")
+    for name, feature in drift.get("features", {}).items():
+        print(f"  {name:<24} {feature['psi']:>8.4f}  {feature['level']}")
     print(f"predictions:       {summary['predictions_uri']}")
 
 

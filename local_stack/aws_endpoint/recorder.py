@@ -99,6 +99,7 @@ _SAGEMAKER_RESOURCES: dict[str, tuple[str, str]] = {
     "DescribeModel": ("model", "ModelName"),
     "CreateTransformJob": ("transform-job", "TransformJobName"),
     "DescribeTransformJob": ("transform-job", "TransformJobName"),
+    "StopTransformJob": ("transform-job", "TransformJobName"),
     "CreateEndpointConfig": ("endpoint-config", "EndpointConfigName"),
     "DescribeEndpointConfig": ("endpoint-config", "EndpointConfigName"),
     "CreateEndpoint": ("endpoint", "EndpointName"),
@@ -193,7 +194,7 @@ def _implied(call: dict[str, Any], params: dict[str, Any]) -> list[dict[str, Any
     if call["service"] != "sagemaker" or not operation.startswith("Create"):
         return []
     implied = []
-    role = params.get("RoleArn")
+    role = params.get("RoleArn") or params.get("ExecutionRoleArn")  # CreateModel: the latter
     if isinstance(role, str):
         context = {"iam:PassedToService": "sagemaker.amazonaws.com"}
         implied.append({"action": "iam:PassRole", "resource": role, "context": context})

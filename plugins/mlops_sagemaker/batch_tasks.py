@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 class BatchInputError(ClassifiedError):
     """The batch query's columns do not match the dataset's key + features (permanent)."""
 
-    category = "data-validation"
+    category = "data"
 
 
 def paths(config: UseCase, ds: str) -> RunPaths:
@@ -165,7 +165,7 @@ def measure_drift(
     """PSI of every feature of the batch against the version's training baseline; writes the
     report JSON under the run's ``drift/`` prefix. A version without a usable baseline gives
     level ``unknown`` (logged), never a failure: drift must not stop scoring."""
-    from mlops_sagemaker.drift import DriftAccumulator, DriftBaselineError
+    from mlops_sagemaker.drift import DriftAccumulator, DriftBaselineError, DriftInputError
 
     settings = config.need_batch().drift
     target = paths(config, ds)
@@ -179,15 +179,15 @@ def measure_drift(
         accumulator = DriftAccumulator(baseline, config.dataset.feature_columns)
         for table in _s3_parts(s3, manifest):
             accumulator.add(table)
-        report = accumulator.report(settings.warn, settings.retrain)
-    except DriftBaselineError as err:
+        report = accumulator.report(
+            settings.warn,
+            settings.retrain,
+            baseline_uri=version.baseline_uri,
+            model_package_arn=version.arn,
+        )
+    except (DriftBaselineError, DriftInputError) as err:
         return DriftOutcome("unknown", {}, "", str(err)), None
-    document = {
-        **report.as_json(),
-        "ds": ds,
-        "model_package_arn": version.arn,
-        "baseline_uri": version.baseline_uri,
-    }
+    document = {**report.as_json(), "ds": ds}
     s3.put_object(
         Bucket=target.bucket,
         Key=target.key("drift", "report.json"),

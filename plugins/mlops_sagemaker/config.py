@@ -400,9 +400,16 @@ class TransformResources(_Strict):
     instance_type: str = Field("ml.m5.large", pattern=r"^ml\.[a-z0-9]+\.[a-z0-9]+$")
     instance_count: int = Field(1, ge=1, le=100)
     max_payload_mb: int = Field(6, ge=1, le=100)
-    max_concurrent_transforms: int = Field(0, ge=0, le=100, description="0: SageMaker decides")
+    max_concurrent_transforms: int = Field(1, ge=1, le=100)
     invocations_timeout_seconds: int = Field(600, ge=1, le=3600)
     invocations_max_retries: int = Field(1, ge=0, le=3)
+
+    @model_validator(mode="after")
+    def _payload_limit(self) -> TransformResources:
+        # CreateTransformJob's documented limit (botocore docs of MaxPayloadInMB).
+        if self.max_concurrent_transforms * self.max_payload_mb > 100:
+            raise ValueError("max_concurrent_transforms x max_payload_mb must not exceed 100 MB")
+        return self
 
 
 class DriftSettings(_Strict):

@@ -48,19 +48,19 @@ REPORT_VERSION = 1
 class DriftBaselineError(ClassifiedError):
     """The baseline cannot be used for a drift check (no bins, features differ, malformed)."""
 
-    category = "data-validation"
+    category = "data"
 
 
 class DriftInputError(ClassifiedError):
     """The batch cannot be checked for drift (missing or non-numeric column, no values)."""
 
-    category = "data-validation"
+    category = "data"
 
 
 class DriftDetected(ClassifiedError):
     """Raised by the DAG when a batch reaches the retrain level and the config fails on it."""
 
-    category = "data-validation"
+    category = "data"
 
 
 def psi(

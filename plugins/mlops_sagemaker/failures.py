@@ -269,6 +269,10 @@ def _classify_local(err: BaseException) -> Verdict | None:
         )
     if isinstance(err, pydantic.ValidationError):
         return Verdict(Kind.PERMANENT, "config", f"Invalid configuration: {err}")
+    if type(err).__name__ == "HITLTimeoutError":
+        # Nobody answered a human-in-the-loop request in time: asking again on a retry would
+        # only hide that (the timeout is the config's approval.response_timeout_seconds).
+        return Verdict(Kind.PERMANENT, "approval", f"No answer in time: {err}")
     return None
 
 

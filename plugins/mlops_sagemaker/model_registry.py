@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any, Literal
 
 from airflow.providers.amazon.aws.hooks.sagemaker import SageMakerHook
@@ -606,7 +606,9 @@ class RegistryApprovalOperator(ApprovalOperator):
             return super().execute_complete(context=context, event=event)
         chosen = event["chosen_options"]
         self.validate_chosen_options(chosen)
-        candidate = self._choice(context).to_use
+        candidate = self._choice(context).pending
+        if candidate is None:  # execute asks only about a pending candidate
+            raise NoModelVersion(f"task {self.choice_task_id!r} holds no pending version to decide")
         approve = chosen[0] == self.APPROVE
         status = APPROVED if approve else REJECTED
         who = _responder(event)
@@ -618,7 +620,7 @@ class RegistryApprovalOperator(ApprovalOperator):
             f"{context['ti'].run_id}, task {context['ti'].task_id})",
         )
         self.log.info("Model %s set %s in the registry (%s)", candidate.label(), status, who)
-        decision = _decision(status.lower(), candidate)
+        decision = _decision(status.lower(), replace(candidate, status=status))
         if not approve:
             # The parent skips downstream by raising, so its return value never reaches XCom:
             # push the decision first.

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from test_training_dag import free_port
+from test_training_dag import free_port, policies_and_calls, recorded_calls
 
 from local_stack.stack import LocalStack
 
@@ -223,7 +223,7 @@ def test_tripled_prices_are_drift_that_asks_for_retraining(stack, trained, tmp_p
     code, log = dags_test(stack, BATCH, ds, env=include_copy(tmp_path, {}, {"batch.sql": tripled}))
     assert code == 0, "drift never fails the batch unless the config says so"
     report = json.loads(objects(stack, f"{PREFIX}/{ds}/drift/report.json").popitem()[1])
-    psi = {f["feature"]: f for f in report["features"]}
+    psi = report["features"]
     assert psi["total_extended_price"]["psi"] > 0.25
     assert psi["total_extended_price"]["level"] == "retrain"
     assert psi["lineitem_count"]["level"] == "ok"
@@ -415,3 +415,15 @@ def _awaiting(stack: LocalStack, ds: str) -> str | None:
             (BATCH, ds),
         ).fetchone()
     return row[0] if row and row[1] in ("deferred", "awaiting_input") else None
+
+
+def test_iam_policies_grant_exactly_what_training_and_batch_runs_called(stack, trained):
+    """Last in the module, after a training run and batch runs in every approval mode: each
+    recorded AWS call is allowed by its role's rendered policy, and every grant was used or is
+    in ``iam.evaluate.NOT_EXERCISED_LOCALLY`` with its reason."""
+    from iam import evaluate
+
+    for role, policy, role_calls in policies_and_calls(recorded_calls(stack)):
+        assert len(role_calls) > 20, f"too few {role} calls recorded to judge its policy"
+        assert evaluate.denied(policy, role_calls) == [], f"{role} needs more"
+        assert evaluate.unused(policy, role_calls, role) == [], f"{role} gets more"

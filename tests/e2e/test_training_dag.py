@@ -173,10 +173,10 @@ def test_failed_sagemaker_job_fails_the_task_with_its_failure_reason(stack) -> N
     assert training_summary(stack, "tpch_orders", GROUP, ds)["registered_versions"] == []
 
 
-def test_iam_policies_grant_exactly_what_the_runs_called(stack) -> None:
+def test_iam_policies_allow_what_the_training_runs_called(stack) -> None:
     """Last in the module: every AWS call the runs above made (recorded by the local endpoint
-    as IAM actions, ``GET /_local/calls``) is allowed by the rendered policy of its role, and
-    every grant was used or is in ``iam.evaluate.NOT_EXERCISED_LOCALLY`` with its reason."""
+    as IAM actions, ``GET /_local/calls``) is allowed by the rendered policy of its role. That
+    every grant is used is checked where every pipeline runs (test_batch_inference.py)."""
     from iam import evaluate
 
     def recorded() -> list[dict]:
@@ -191,4 +191,3 @@ def test_iam_policies_grant_exactly_what_the_runs_called(stack) -> None:
     for role, policy, role_calls in policies_and_calls(calls):
         assert len(role_calls) > 20, f"too few {role} calls recorded to judge its policy"
         assert evaluate.denied(policy, role_calls) == [], f"{role} needs more"
-        assert evaluate.unused(policy, role_calls, role) == [], f"{role} gets more"

@@ -442,7 +442,7 @@ def test_approval_answer_goes_to_the_registry(sm, group, aws_default, option, st
         "(DAG batch_dag, run scheduled__1996-03-01, task approve)",
     )
     assert result["decision"] == status.lower()
-    assert result["version"]["arn"] == candidate
+    assert (result["version"]["arn"], result["version"]["status"]) == (candidate, status)
     assert result["model_package_arn"] == (candidate if option == "Approve" else None)
 
 

@@ -224,7 +224,7 @@ def test_a_version_1_baseline_asks_for_retraining(baseline: dict[str, Any]) -> N
     assert message.startswith("the baseline (version 1) has no bins for price, discount")
     assert "trained before baselines had bins" in message and "retrain the model" in message
     verdict = classify(info.value)
-    assert (verdict.kind, verdict.category) == (Kind.PERMANENT, "data-validation")
+    assert (verdict.kind, verdict.category) == (Kind.PERMANENT, "data")
 
 
 def test_features_missing_on_either_side_are_named(baseline: dict[str, Any]) -> None:
