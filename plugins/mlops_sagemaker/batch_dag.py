@@ -152,7 +152,8 @@ def _approval(config: UseCase, choice: Any) -> Any:
         gate = None
     version = _version_to_use(config, choice)
     if gate is not None:
-        gate >> version
+        # The sensor and the HITL operator read the choice from XCom: order them explicitly.
+        choice >> gate >> version
     return version
 
 

@@ -193,12 +193,16 @@ def describe_version(conn: Any, model_package: str | tuple[str, int]) -> ModelVe
 def _newest(
     conn: Any, group: str, status: str, *, as_of: str | None, newer_than: int = 0
 ) -> tuple[ModelVersion | None, int]:
-    """The newest version with ``status`` (and ``run_date <= as_of`` when given) whose number
-    is above ``newer_than``, plus how many versions were passed over for having no run_date.
+    """The newest version with ``status`` whose number is above ``newer_than``, plus how many
+    versions were passed over for having no run_date.
 
-    Version numbers follow creation order within a group, so "newer" compares numbers (no
-    clock-precision ties). Only as many versions as needed are described."""
+    Without ``as_of``, "newest" is the highest version number (numbers follow creation order
+    within a group: no clock-precision ties) and one version is described. With ``as_of`` it is
+    the version trained for the latest ``run_date <= as_of`` (ties: the highest number): a
+    backfill registers versions out of date order, so creation order would pick a model
+    trained on another period. That needs every candidate described."""
     undated = 0
+    best: ModelVersion | None = None
     for summary in _summaries(conn, group, status):
         if int(summary.get("ModelPackageVersion") or 0) <= newer_than:
             break
@@ -207,9 +211,9 @@ def _newest(
             return version, undated
         if version.run_date is None:
             undated += 1
-        elif version.run_date <= as_of:
-            return version, undated
-    return None, undated
+        elif version.run_date <= as_of and (best is None or version.run_date > best.run_date):
+            best = version  # versions come newest first: an equal run_date keeps the newer
+    return best, undated
 
 
 # --------------------------------------------------------------------------- selection
@@ -227,8 +231,8 @@ def select_model(
     """Choose the version run ``ds`` scores with.
 
     * ``latest_approved``: the newest ``Approved`` version;
-    * ``as_of_run_date``: the newest ``Approved`` version whose ``run_date`` is ``<= ds``
-      (versions without a ``run_date`` are ignored);
+    * ``as_of_run_date``: the ``Approved`` version trained for the latest ``run_date <= ds``
+      (the newest of those on a tie; versions without a ``run_date`` are ignored);
     * ``pinned``: ``pinned`` (a version number or a model package ARN of ``group``).
 
     With ``consider_pending`` (the approval modes) the choice also carries the newest

@@ -201,6 +201,15 @@ def test_as_of_run_date_picks_the_version_of_each_date(sm, group):
     assert "v3 Approved run_date (none)" in message
 
 
+def test_as_of_run_date_follows_run_dates_not_registration_order(sm, group):
+    """A backfill run backwards registers 1996-02 after 1996-03: each date still gets the model
+    trained for the latest run date on or before it."""
+    march = register(sm, group, "Approved", "1996-03-31")
+    february = register(sm, group, "Approved", "1996-02-29")
+    assert select(sm, group, "as_of_run_date", ds="1996-04-15").approved.arn == march
+    assert select(sm, group, "as_of_run_date", ds="1996-03-15").approved.arn == february
+
+
 def test_pinned_by_number_and_by_arn(sm, group, aws_client):
     v1 = register(sm, group, "Approved", "1996-01-31")
     v2 = register(sm, group, "PendingManualApproval", "1996-02-29")

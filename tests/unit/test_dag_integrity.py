@@ -36,6 +36,7 @@ dags = {
         "description": dag.description,
         "doc": dag.doc_md or "",
         "top_level": list(dag.task_group.children),
+        "upstream": {t.task_id: sorted(t.upstream_task_ids) for t in dag.tasks},
     }
     for dag_id, dag in bag.dags.items()
 }
@@ -123,6 +124,9 @@ def test_each_approval_mode_builds_its_approve_group(tmp_path: Path, mode: str) 
     approve = sorted(t for t in tasks if t.startswith("approve."))
     steps = {"none": [], "auto": ["approve.auto"], "airflow": ["approve.ask"]}
     assert approve == sorted([*steps.get(mode, ["approve.wait"]), "approve.version"])
+    upstream = parsed["dags"]["mlops_tpch_orders_batch_inference"]["upstream"]
+    for step in approve:  # each reads the choice from XCom: it must run after select_model
+        assert "select_model" in upstream[step], step
 
 
 def _include_with(tmp_path: Path, files: dict[str, str]) -> Path:
