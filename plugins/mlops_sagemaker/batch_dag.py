@@ -20,6 +20,7 @@ from mlops_sagemaker.config import UseCase
 from mlops_sagemaker.dag_kit import PipelineKit
 from mlops_sagemaker.failures import apply_policy
 from mlops_sagemaker.operators import IdempotentTransformOperator
+from mlops_sagemaker.payloads import ExtractManifest
 
 log = logging.getLogger(__name__)
 SELECTION_PARAM = "model_selection"
@@ -122,7 +123,7 @@ def _select_model(config: UseCase, manifest: Any) -> Any:
 
         from mlops_sagemaker.model_registry import select_model
 
-        batch_tasks.check_input_columns(config, manifest)
+        batch_tasks.check_input_columns(config, ExtractManifest.from_xcom(manifest))
         context = get_current_context()
         params = context["params"]
         choice = select_model(
@@ -253,7 +254,8 @@ def _plan_transform(config: UseCase, model_name: Any, manifest: Any) -> Any:
     def plan(model_name: str, manifest: dict) -> dict:
         """Build the batch transform request over the run's extracted parts."""
         ds = get_current_context()["ds"]
-        return batch_tasks.plan_transform(config, ds, model_name, manifest)
+        extracted = ExtractManifest.from_xcom(manifest)
+        return batch_tasks.plan_transform(config, ds, model_name, extracted)
 
     return plan(model_name, manifest)
 
@@ -271,7 +273,7 @@ def _check(config: UseCase, manifest: Any, transform_result: Any, version: Any) 
         ds = get_current_context()["ds"]
         summary = check_and_publish(
             S3Hook(aws_conn_id=config.connections.aws).get_conn(),
-            manifest=manifest,
+            manifest=ExtractManifest.from_xcom(manifest).as_xcom(),
             transform_output_uri=transform_result["Transform"]["TransformOutput"]["S3OutputPath"],
             predictions_uri=f"{batch_tasks.predictions_root(config)}ds={ds}/",
             model_package_arn=ModelVersion.from_xcom(version).arn,
@@ -299,7 +301,8 @@ def _drift(config: UseCase, manifest: Any, version: Any, summary: Any) -> Any:
         context = get_current_context()
         chosen = ModelVersion.from_xcom(version)
         s3 = S3Hook(aws_conn_id=config.connections.aws).get_conn()
-        outcome, report = batch_tasks.measure_drift(s3, config, context["ds"], chosen, manifest)
+        extracted = ExtractManifest.from_xcom(manifest)
+        outcome, report = batch_tasks.measure_drift(s3, config, context["ds"], chosen, extracted)
         log.info("Drift against %s:\n%s", chosen.baseline_uri, report.table() if report else "")
         if outcome.note:
             log.warning("%s", outcome.note)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -22,8 +21,8 @@ from mlops_sagemaker.model_registry import (
     auto_approve,
     describe_version,
 )
-from mlops_sagemaker.naming import RunPaths, fingerprint
-from mlops_sagemaker.payloads import Payload
+from mlops_sagemaker.naming import RunPaths
+from mlops_sagemaker.payloads import ExtractManifest, Payload
 from mlops_sagemaker.sagemaker_requests import run_paths
 
 if TYPE_CHECKING:
@@ -49,11 +48,11 @@ def predictions_root(config: UseCase) -> str:
     return f"s3://{storage.bucket}/{storage.prefix}/{config.use_case}/batch_inference/predictions/"
 
 
-def check_input_columns(config: UseCase, manifest: Mapping[str, Any]) -> None:
+def check_input_columns(config: UseCase, manifest: ExtractManifest) -> None:
     """The extraction must hold the key column then the features in dataset order: the
     transform drops the first column and sends the rest to the model in that order."""
     expected = [config.dataset.key_column, *config.dataset.feature_columns]
-    got = [column["name"] for column in manifest["columns"]]
+    got = manifest.column_names
     if got != expected:
         raise BatchInputError(
             f"The batch query returns columns {got}; expected exactly {expected} (the key "
@@ -111,23 +110,20 @@ def plan_model(config: UseCase, version: ModelVersion) -> dict[str, Any]:
 
 
 def plan_transform(
-    config: UseCase, ds: str, model_name: str, manifest: Mapping[str, Any]
+    config: UseCase, ds: str, model_name: str, manifest: ExtractManifest
 ) -> dict[str, Any]:
     """CreateTransformJob request over the run's extracted CSV parts."""
     resources = config.need_batch().transform
     network = config.sagemaker.network
-    data_fingerprint = fingerprint(
-        {"rows": manifest["row_count"], "parts": manifest["parts"], "schema": manifest["columns"]}
-    )
     run_tags = {**config.sagemaker.tags, "mlops:use-case": config.use_case, "mlops:run-date": ds}
     run_tags.update({"mlops:step": "transform", "mlops:managed-by": "airflow"})
     return transform_request(
         short_name=config.short_name,
         ds=ds,
         model_name=model_name,
-        input_uri=manifest["data_uri"],
+        input_uri=manifest.data_uri,
         output_uri=paths(config, ds).uri("transform", ""),
-        data_fingerprint=data_fingerprint,
+        data_fingerprint=manifest.data_fingerprint(),
         instance_type=resources.instance_type,
         instance_count=resources.instance_count,
         max_payload_mb=resources.max_payload_mb,
@@ -150,17 +146,17 @@ class DriftOutcome(Payload):
     note: str = ""
 
 
-def _s3_parts(s3: Any, manifest: Mapping[str, Any]) -> Any:
+def _s3_parts(s3: Any, manifest: ExtractManifest) -> Any:
     from mlops_sagemaker.extract import read_part  # pyarrow: imported in the task, not at parse
 
-    bucket = manifest["data_uri"].removeprefix("s3://").partition("/")[0]
-    for part in manifest["parts"]:  # one part in memory at a time
+    bucket = manifest.data_uri.removeprefix("s3://").partition("/")[0]
+    for part in manifest.parts:  # one part in memory at a time
         body = s3.get_object(Bucket=bucket, Key=part["key"])["Body"].read()
-        yield read_part(body, manifest)
+        yield read_part(body, manifest.as_xcom())
 
 
 def measure_drift(
-    s3: Any, config: UseCase, ds: str, version: ModelVersion, manifest: Mapping[str, Any]
+    s3: Any, config: UseCase, ds: str, version: ModelVersion, manifest: ExtractManifest
 ) -> tuple[DriftOutcome, DriftReport | None]:
     """PSI of every feature of the batch against the version's training baseline; writes the
     report JSON under the run's ``drift/`` prefix. A version without a usable baseline gives

@@ -76,3 +76,32 @@ class GateResult(Payload):
     threshold: float
     baseline: dict[str, Any]
     evaluation_uri: str
+
+
+@dataclass(frozen=True)
+class ExtractManifest(Payload):
+    """What ``extract`` wrote (``extract.extract_to_s3``'s manifest, also in S3 next to the
+    parts): format, where the parts are, rows, schema and provenance."""
+
+    data_uri: str
+    row_count: int
+    parts: list[dict[str, Any]]
+    columns: list[dict[str, str]]
+    format: str = "parquet"
+    part_count: int = 0
+    sql_sha256: str = ""
+    presto_query_id: str | None = None
+    started_at: str = ""
+    finished_at: str = ""
+
+    @property
+    def column_names(self) -> list[str]:
+        """The extracted columns, in query order."""
+        return [column["name"] for column in self.columns]
+
+    def data_fingerprint(self) -> str:
+        """A hash of the extracted data (rows, parts with their checksums, schema): a job fed
+        with it changes name exactly when the data changes."""
+        from mlops_sagemaker.naming import fingerprint
+
+        return fingerprint({"rows": self.row_count, "parts": self.parts, "schema": self.columns})

@@ -15,8 +15,8 @@ from typing import Any
 
 from mlops_sagemaker.config import Schedule, UseCase
 from mlops_sagemaker.failures import ClassifiedError
-from mlops_sagemaker.naming import code_key, fingerprint
-from mlops_sagemaker.payloads import BestModel, GateResult, StagedCode
+from mlops_sagemaker.naming import code_key
+from mlops_sagemaker.payloads import BestModel, ExtractManifest, GateResult, StagedCode
 from mlops_sagemaker.sagemaker_requests import (
     CodeLocations,
     RunInfo,
@@ -126,14 +126,11 @@ def _code(staged: StagedCode) -> CodeLocations:
 
 
 def plan_split(
-    config: UseCase, run: RunInfo, staged: StagedCode, manifest: Mapping[str, Any]
+    config: UseCase, run: RunInfo, staged: StagedCode, manifest: ExtractManifest
 ) -> dict[str, Any]:
     """The split job's request; its name changes only when the extracted data changes."""
-    data_fingerprint = fingerprint(
-        {"rows": manifest["row_count"], "parts": manifest["parts"], "schema": manifest["columns"]}
-    )
     return split_request(
-        config, run, _code(staged), staged.image_uri, manifest["data_uri"], data_fingerprint
+        config, run, _code(staged), staged.image_uri, manifest.data_uri, manifest.data_fingerprint()
     )
 
 
@@ -227,7 +224,7 @@ def plan_registration(
     staged: StagedCode,
     model: BestModel,
     gate: GateResult,
-    manifest: Mapping[str, Any],
+    manifest: ExtractManifest,
     baseline_uri: str,
     split_counts: Mapping[str, Any],
 ) -> dict[str, Any]:
@@ -241,7 +238,7 @@ def plan_registration(
         "dag_run_id": run.run_id,
         "tuning_job": model.tuning_job_name,
         "training_job": model.training_job_name,
-        "rows_extracted": manifest["row_count"],
+        "rows_extracted": manifest.row_count,
         **{f"rows_{name}": count for name, count in split_counts.items()},
         "code_version": staged.version,
         f"test_{gate.metric}": f"{gate.value:.6f}",

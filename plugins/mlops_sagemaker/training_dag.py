@@ -23,7 +23,7 @@ from mlops_sagemaker.operators import (
     IdempotentRegisterModelVersionOperator,
     IdempotentTuningOperator,
 )
-from mlops_sagemaker.payloads import BestModel, GateResult, StagedCode
+from mlops_sagemaker.payloads import BestModel, ExtractManifest, GateResult, StagedCode
 
 
 def model_versions_asset(config: UseCase) -> Asset:
@@ -113,7 +113,8 @@ def _plan_split(config: UseCase, staged: Any, manifest: Any) -> Any:
     def plan_split(staged: dict, manifest: dict) -> dict:
         """Build the split processing job request."""
         run = tasks.run_info(get_current_context())
-        return tasks.plan_split(config, run, StagedCode.from_xcom(staged), manifest)
+        staged_code, extracted = StagedCode.from_xcom(staged), ExtractManifest.from_xcom(manifest)
+        return tasks.plan_split(config, run, staged_code, extracted)
 
     return plan_split(staged, manifest)
 
@@ -190,7 +191,7 @@ def _plan_registration(
             StagedCode.from_xcom(staged),
             BestModel.from_xcom(model),
             GateResult.from_xcom(gate),
-            manifest,
+            ExtractManifest.from_xcom(manifest),
             baseline_uri,
             baseline.get("rows", {}),
         )

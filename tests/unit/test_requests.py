@@ -7,6 +7,7 @@ SQL is parsed as Presto SQL, and names are unique per date and within SageMaker'
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from local_stack.sagemaker_runtime import validation
 from mlops_sagemaker import tasks
 from mlops_sagemaker.config import load_use_case
 from mlops_sagemaker.naming import MAX_NAME, MAX_TUNING_NAME
-from mlops_sagemaker.payloads import StagedCode
+from mlops_sagemaker.payloads import ExtractManifest, StagedCode
 from mlops_sagemaker.sagemaker_requests import RunInfo
 from mlops_sagemaker.training_dag import build_training_dag
 
@@ -57,12 +58,12 @@ def plans_for(ds: str) -> dict[str, dict]:
     """All requests of one run, each built from the previous step's (simulated) describe output."""
     run, code = run_for(ds), staged()
     base = f"s3://mlops-local/mlops/tpch_orders/training/{ds}"
-    manifest = {
-        "data_uri": f"{base}/extract/data/",
-        "row_count": 2300,
-        "parts": [{"key": "part-00000.parquet", "rows": 2300}],
-        "columns": [{"name": "orderkey", "presto_type": "bigint"}],
-    }
+    manifest = ExtractManifest(
+        data_uri=f"{base}/extract/data/",
+        row_count=2300,
+        parts=[{"key": "part-00000.parquet", "rows": 2300}],
+        columns=[{"name": "orderkey", "presto_type": "bigint"}],
+    )
     split = tasks.plan_split(CONFIG, run, code, manifest)
     split_result = {"Processing": split}
     tuning = tasks.plan_tuning(CONFIG, run, code, split_result)
@@ -225,8 +226,8 @@ def test_names_unique_across_dates() -> None:
 def test_same_inputs_same_names_new_data_new_names() -> None:
     assert plans_for("1996-02-29") == plans_for("1996-02-29")
     run, code = run_for("1996-02-29"), staged()
-    manifest = {"data_uri": "s3://b/k/", "row_count": 10, "parts": [], "columns": []}
-    changed = {**manifest, "row_count": 11}
+    manifest = ExtractManifest(data_uri="s3://b/k/", row_count=10, parts=[], columns=[])
+    changed = dataclasses.replace(manifest, row_count=11)
     assert (
         tasks.plan_split(CONFIG, run, code, manifest)["ProcessingJobName"]
         != tasks.plan_split(CONFIG, run, code, changed)["ProcessingJobName"]
