@@ -12,7 +12,6 @@ import gzip
 import io
 import json
 import os
-import shutil
 import sqlite3
 import subprocess
 import sys
@@ -21,7 +20,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from test_training_dag import free_port, policies_and_calls, recorded_calls
+from e2e_support import free_port, include_copy, policies_and_calls, recorded_calls, task_states
 
 from local_stack.stack import LocalStack
 
@@ -32,16 +31,6 @@ GROUP = "tpch-orders-late-delivery"
 PREFIX = "mlops/tpch_orders/batch_inference"
 TRAIN_DS = "1996-02-29"
 FAST = {"sagemaker_check_interval_seconds": 1}
-
-
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory):
-    home = tmp_path_factory.mktemp("stack")
-    with LocalStack(
-        presto_port=free_port(), aws_port=free_port(), home=Path(home), clean=True
-    ) as running:
-        running.migrate_db()
-        yield running
 
 
 @pytest.fixture(scope="module")
@@ -59,21 +48,6 @@ def dags_test(stack: LocalStack, dag_id: str, ds: str, conf: dict | None = None,
         check=False, extra_env=env,
     )  # fmt: skip
     return result.returncode, result.stdout + result.stderr
-
-
-def include_copy(tmp_path: Path, replacements: dict[str, str], sql: dict[str, str] | None = None):
-    """An include/ copy with text replacements in the config and replaced SQL files."""
-    include = tmp_path / "include"
-    shutil.copytree(ROOT / "include", include)
-    path = include / "config" / "tpch_orders.yaml"
-    text = path.read_text()
-    for old, new in replacements.items():
-        assert old in text, old
-        text = text.replace(old, new)
-    path.write_text(text)
-    for name, body in (sql or {}).items():
-        (include / "sql" / "tpch_orders" / name).write_text(body)
-    return {"MLOPS_INCLUDE_DIR": str(include)}
 
 
 def mode(name: str, **extra: str) -> dict[str, str]:
@@ -150,15 +124,8 @@ def predictions(stack: LocalStack, ds: str):
     return [row for table in tables for row in table.to_pylist()]
 
 
-def states(stack: LocalStack, ds: str, dag_id: str = BATCH) -> dict[str, tuple[int, str]]:
-    with sqlite3.connect(stack.airflow_home / "airflow.db") as db:
-        rows = db.execute(
-            "SELECT ti.task_id, ti.try_number, ti.state FROM task_instance ti "
-            "JOIN dag_run r ON r.dag_id = ti.dag_id AND r.run_id = ti.run_id "
-            "WHERE ti.dag_id = ? AND date(r.logical_date) = ?",
-            (dag_id, ds),
-        ).fetchall()
-    return {task: (number, state) for task, number, state in rows}
+def states(stack: LocalStack, ds: str) -> dict[str, tuple[int, str]]:
+    return task_states(stack, BATCH, ds)
 
 
 def asset_events(stack: LocalStack, name: str) -> list[dict]:

@@ -8,52 +8,20 @@ of waiting), a transient one uses the retries, and the final message leads with 
 from __future__ import annotations
 
 import json
-import shutil
-import sqlite3
 import time
 from pathlib import Path
 
-import pytest
-from test_training_dag import DAG_ID, free_port, policies_and_calls, recorded_calls, run_dag
+from e2e_support import include_copy, policies_and_calls, recorded_calls, task_states
+from test_training_dag import DAG_ID, run_dag
 
 from local_stack.stack import LocalStack
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory):
-    home = tmp_path_factory.mktemp("stack")
-    with LocalStack(presto_port=free_port(), aws_port=free_port(), home=Path(home)) as running:
-        running.migrate_db()
-        yield running
-
-
-def include_copy(tmp_path: Path, config: dict[str, str] | None = None, sql: str | None = None):
-    """An include/ copy with text replacements in the config (and a replacement training.sql)."""
-    include = tmp_path / "include"
-    shutil.copytree(ROOT / "include", include)
-    path = include / "config" / "tpch_orders.yaml"
-    text = path.read_text()
-    for old, new in (config or {}).items():
-        assert old in text, old
-        text = text.replace(old, new)
-    path.write_text(text)
-    if sql is not None:
-        (include / "sql" / "tpch_orders" / "training.sql").write_text(sql)
-    return {"MLOPS_INCLUDE_DIR": str(include)}
-
-
 def tries(stack: LocalStack, ds: str) -> dict[str, tuple[int, str]]:
-    """``task_id -> (try_number, state)`` of the manual run for ``ds``."""
-    with sqlite3.connect(stack.airflow_home / "airflow.db") as db:
-        rows = db.execute(
-            "SELECT ti.task_id, ti.try_number, ti.state FROM task_instance ti "
-            "JOIN dag_run r ON r.dag_id = ti.dag_id AND r.run_id = ti.run_id "
-            "WHERE ti.dag_id = ? AND date(r.logical_date) = ?",
-            (DAG_ID, ds),
-        ).fetchall()
-    return {task: (number, state) for task, number, state in rows}
+    """``task_id -> (try_number, state)`` of the training run for ``ds``."""
+    return task_states(stack, DAG_ID, ds)
 
 
 def shipped_sql() -> str:
@@ -93,7 +61,7 @@ def test_script_error_in_every_training_job_fails_tuning_once(stack) -> None:
 def test_undefined_template_name_fails_extract_at_once(stack, tmp_path) -> None:
     ds = "1994-04-04"
     sql = shipped_sql().replace("{{ source.schema }}", "{{ source.shema }}")
-    env = include_copy(tmp_path, sql=sql)
+    env = include_copy(tmp_path, sql={"training.sql": sql})
     code, log = run_dag(stack, ds, env=env)
     assert code != 0
     assert tries(stack, ds)["extract"] == (1, "failed")
@@ -105,7 +73,7 @@ def test_presto_syntax_error_fails_extract_at_once(stack, tmp_path) -> None:
     ds = "1994-05-05"
     sql = shipped_sql()
     assert "GROUP BY " in sql
-    env = include_copy(tmp_path, sql=sql.replace("GROUP BY ", "GROUP BY ,", 1))
+    env = include_copy(tmp_path, sql={"training.sql": sql.replace("GROUP BY ", "GROUP BY ,", 1)})
     code, log = run_dag(stack, ds, env=env)
     assert code != 0
     assert tries(stack, ds)["extract"] == (1, "failed")

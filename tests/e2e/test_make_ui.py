@@ -19,15 +19,11 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from e2e_support import free_port
+
 ROOT = Path(__file__).resolve().parents[2]
 DAG_ID = "mlops_tpch_orders_training"
 FIRST_TASKS = ("check_run_date", "wait_for_data")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def listening(port: int) -> bool:

@@ -14,12 +14,12 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import socket
 import urllib.request
 from pathlib import Path
 
 import pytest
 import yaml
+from e2e_support import free_port
 
 from local_stack.sagemaker_runtime import validation
 from local_stack.stack import LocalStack
@@ -32,12 +32,6 @@ KMS_KEY = "arn:aws:kms:us-east-1:123456789012:key/1234abcd-12ab-34cd-56ef-123456
 VOLUME_KEY = "arn:aws:kms:us-east-1:123456789012:key/abcd1234-ab12-cd34-ef56-abcdef123456"
 SUBNETS = ["subnet-0123456789abcdef0", "subnet-0fedcba9876543210"]
 SECURITY_GROUPS = ["sg-0123456789abcdef0"]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def all_options_include(tmp_path: Path) -> dict[str, str]:

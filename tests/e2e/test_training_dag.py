@@ -9,12 +9,10 @@ from __future__ import annotations
 import json
 import shutil
 import signal
-import socket
 import sqlite3
-import urllib.request
 from pathlib import Path
 
-import pytest
+from e2e_support import policies_and_calls, recorded_calls
 
 from local_stack.stack import LocalStack
 from local_stack.summary import training_summary
@@ -23,22 +21,6 @@ ROOT = Path(__file__).resolve().parents[2]
 DAG_ID = "mlops_tpch_orders_training"
 GROUP = "tpch-orders-late-delivery"
 FAST = {"sagemaker_check_interval_seconds": 1}
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory):
-    home = tmp_path_factory.mktemp("stack")
-    with LocalStack(
-        presto_port=free_port(), aws_port=free_port(), home=Path(home), clean=True
-    ) as running:
-        running.migrate_db()
-        yield running
 
 
 def run_dag(stack: LocalStack, ds: str, conf: dict | None = None, env: dict | None = None):
@@ -62,28 +44,6 @@ def blocking_include(tmp_path: Path) -> dict[str, str]:
 
 # Calls the endpoint recorded before a restart (its recorder is per process), for the IAM test.
 CALLS_BEFORE_RESTARTS: list[dict] = []
-
-
-def recorded_calls(stack: LocalStack) -> list[dict]:
-    """The AWS calls the local endpoint recorded as IAM actions (``GET /_local/calls``)."""
-    with urllib.request.urlopen(f"{stack.aws_url}/_local/calls") as answer:
-        return json.load(answer)
-
-
-def policies_and_calls(calls: list[dict]) -> list[tuple[str, dict, list[dict]]]:
-    """``(role, its rendered policy for the shipped config, the recorded calls it made)``."""
-    from iam import render
-    from mlops_sagemaker.config import load_use_case
-
-    config = load_use_case(ROOT / "include" / "config" / "tpch_orders.yaml")
-    policies = render.render_all(config, "us-east-1", "123456789012")
-    return [
-        (role, policies[template], [c for c in calls if c["principal"] == role])
-        for role, template in (
-            ("airflow", "airflow-role-policy"),
-            ("execution-role", "sagemaker-execution-role-policy"),
-        )
-    ]
 
 
 def job_counts(stack: LocalStack) -> dict[str, int]:
