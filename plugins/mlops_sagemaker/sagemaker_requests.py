@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from mlops_sagemaker.config import UseCase
+from mlops_sagemaker.failures import ClassifiedError
 from mlops_sagemaker.naming import (
     MAX_NAME,
     MAX_TUNING_NAME,
@@ -30,6 +31,10 @@ PROCESSING_ROOT = "/opt/ml/processing"
 CODE_CHANNEL = "code"
 CODE_CHANNEL_SOURCEDIR = f"/opt/ml/input/data/{CODE_CHANNEL}/sourcedir.tar.gz"
 CONTENT_TYPES = ["text/csv", "application/json", "application/jsonlines"]
+# Where a model artifact repacked with its code (``model_artifact``) has the code in the serving
+# container: SageMaker unpacks model.tar.gz into /opt/ml/model (the SDK's
+# ``Model._framework_env_vars`` with network isolation).
+MODEL_CODE_DIR = "/opt/ml/model/code"
 
 
 @dataclass(frozen=True)
@@ -365,9 +370,17 @@ def registration_request(
     evaluation_uri: str,
     baseline_uri: str,
     metadata: dict[str, Any],
+    *,
+    model_with_code_url: str | None = None,
 ) -> dict[str, Any]:
     """CreateModelPackage request for a new version in the use case's model package group
     (which ``model_package_group_request`` creates, with the tags).
+
+    ``model_with_code_url`` is ``model_data_url`` repacked with the step code under ``code/``
+    (``model_artifact.ensure_model_with_code``); the container then serves it with
+    ``SAGEMAKER_SUBMIT_DIRECTORY=/opt/ml/model/code``. It is required with network isolation: an
+    isolated model cannot download the code from S3. Without it the container takes the
+    training artifact and downloads ``code.sourcedir_uri``.
 
     ``registration_key`` (in the description and the metadata) identifies the run date + model:
     re-running the registration finds the version it created instead of adding another.
@@ -376,6 +389,15 @@ def registration_request(
     data this version learnt from.
     """
     registry = config.need_training().registry
+    if config.sagemaker.network.enable_network_isolation and not model_with_code_url:
+        raise ClassifiedError(
+            "Network isolation is on but the registration has no model artifact with the code "
+            "inside: an isolated model cannot download SAGEMAKER_SUBMIT_DIRECTORY from S3. Pass "
+            "model_with_code_url (model_artifact.ensure_model_with_code).",
+            category="request",
+        )
+    # The key names the training artifact, not the repacked one: a re-run finds its version
+    # whatever bytes the repack produced.
     key = fingerprint([run.ds, model_data_url], length=16)
     properties = {k: str(v)[:256] for k, v in {**metadata, "registration_key": key}.items()}
     description = f"{registry.description or config.use_case} | run {run.ds} [{key}]"
@@ -387,10 +409,12 @@ def registration_request(
             "Containers": [
                 {
                     "Image": image_uri,
-                    "ModelDataUrl": model_data_url,
+                    "ModelDataUrl": model_with_code_url or model_data_url,
                     "Environment": {
                         "SAGEMAKER_PROGRAM": "inference.py",
-                        "SAGEMAKER_SUBMIT_DIRECTORY": code.sourcedir_uri,
+                        "SAGEMAKER_SUBMIT_DIRECTORY": (
+                            MODEL_CODE_DIR if model_with_code_url else code.sourcedir_uri
+                        ),
                         "SAGEMAKER_CONTAINER_LOG_LEVEL": "20",
                         "SAGEMAKER_REGION": region,
                     },

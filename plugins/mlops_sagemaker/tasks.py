@@ -15,6 +15,7 @@ from typing import Any
 
 from mlops_sagemaker.config import Schedule, UseCase
 from mlops_sagemaker.failures import ClassifiedError
+from mlops_sagemaker.model_artifact import ensure_model_with_code
 from mlops_sagemaker.naming import code_key
 from mlops_sagemaker.payloads import BestModel, ExtractManifest, GateResult, StagedCode
 from mlops_sagemaker.sagemaker_requests import (
@@ -227,9 +228,15 @@ def plan_registration(
     manifest: ExtractManifest,
     baseline_uri: str,
     split_counts: Mapping[str, Any],
+    *,
+    s3_client: Any = None,
 ) -> dict[str, Any]:
     """Keyword arguments of the register operator (templated from this XCom): the full
-    CreateModelPackage request as ``extras``, and the group to create first."""
+    CreateModelPackage request as ``extras``, and the group to create first.
+
+    With network isolation the registered container serves the best model repacked with the
+    step code (``model_artifact.ensure_model_with_code``, uploaded next to the model through
+    ``s3_client``, a boto3 S3 client); without it ``s3_client`` is not used."""
     metadata = {
         "use_case": config.use_case,
         "run_date": run.ds,
@@ -254,12 +261,31 @@ def plan_registration(
         gate.evaluation_uri,
         baseline_uri,
         metadata,
+        model_with_code_url=_model_with_code(config, staged, model, s3_client),
     )
     return {
         "image_uri": staged.image_uri,
-        "model_url": model.model_data_url,
+        "model_url": request["InferenceSpecification"]["Containers"][0]["ModelDataUrl"],
         "package_group_name": request["ModelPackageGroupName"],
         "package_desc": request["ModelPackageDescription"],
         "extras": request,
         "package_group": model_package_group_request(config),
     }
+
+
+def _model_with_code(
+    config: UseCase, staged: StagedCode, model: BestModel, s3_client: Any
+) -> str | None:
+    """The repacked artifact an isolated model needs (see ``model_artifact``), else ``None``."""
+    network = config.sagemaker.network
+    if not network.enable_network_isolation:
+        return None
+    if s3_client is None:
+        raise ClassifiedError(
+            "Network isolation is on, so the model must be repacked with its code, but "
+            "plan_registration got no s3_client: pass S3Hook(...).get_conn()",
+            category="request",
+        )
+    return ensure_model_with_code(
+        s3_client, model.model_data_url, staged.sourcedir_uri, kms_key_id=network.kms_key_id
+    )

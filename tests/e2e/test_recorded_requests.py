@@ -48,8 +48,8 @@ def all_options_include(tmp_path: Path) -> dict[str, str]:
         "volume_kms_key_id": VOLUME_KEY,
     }
     config["sagemaker"]["tags"] = {**config["sagemaker"]["tags"], "cost-center": "ml-1234"}
-    config["tuning"]["max_jobs"] = 2
-    config["tuning"]["max_parallel_jobs"] = 2
+    config["training"]["tuning"]["max_jobs"] = 2
+    config["training"]["tuning"]["max_parallel_jobs"] = 2
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     return {"MLOPS_INCLUDE_DIR": str(include)}
 

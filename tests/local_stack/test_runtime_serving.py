@@ -15,6 +15,7 @@ import tarfile
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import boto3
@@ -26,11 +27,16 @@ from sklearn.linear_model import LogisticRegression
 
 from local_stack import images
 from local_stack.aws_endpoint.server import LocalAwsEndpoint
+from mlops_sagemaker.config import load_use_case
+from mlops_sagemaker.inference_requests import model_request
+from mlops_sagemaker.model_artifact import ensure_model_with_code
+from mlops_sagemaker.sagemaker_requests import CodeLocations, RunInfo, registration_request
 
 REGION = "us-east-1"
 BUCKET = "serving-tests"
 IMAGE = "683313688378.dkr.ecr.us-east-1.amazonaws.com/sagemaker-scikit-learn:1.2-1-cpu-py3"
 ROLE = "arn:aws:iam::123456789012:role/sagemaker-local"
+ROOT = Path(__file__).resolve().parents[2]
 
 INFERENCE_PY = """
 import json
@@ -678,6 +684,70 @@ def test_transform_stop_and_injected_failure(
             TransformResources={"InstanceType": "ml.m5.large", "InstanceCount": 1},
         )
     assert _error(excinfo)[0] == "ResourceInUse"
+
+
+def test_isolated_model_from_the_repacked_artifact_serves_a_batch_transform(
+    sm: Any, s3: Any, models: dict[str, Any]
+) -> None:
+    """With network isolation the registered container is model A's ``model.tar.gz`` repacked
+    with its ``sourcedir.tar.gz`` under ``code/`` (``model_artifact``), served from
+    ``/opt/ml/model/code``; the isolated model the batch DAG creates from it (``model_request``)
+    scores like model A. An ``s3://`` code location would fail it
+    (test_runtime_isolation.py)."""
+    source = models["A"]["container"]
+    sourcedir = source["Environment"]["SAGEMAKER_SUBMIT_DIRECTORY"]
+    repacked = ensure_model_with_code(s3, source["ModelDataUrl"], sourcedir)
+    config = load_use_case(ROOT / "include/config/tpch_orders.yaml")
+    network = config.sagemaker.network.model_copy(update={"enable_network_isolation": True})
+    sagemaker = config.sagemaker.model_copy(update={"network": network})
+    config = config.model_copy(update={"sagemaker": sagemaker})
+    run = RunInfo("1996-02-29", "1996-02-29T00:00:00+00:00", "1996-03-01T00:00:00+00:00", "m")
+    registration = registration_request(
+        config, run, CodeLocations("v1", f"s3://{BUCKET}/scripts/", sourcedir), IMAGE, REGION,
+        source["ModelDataUrl"], f"s3://{BUCKET}/evaluation.json", f"s3://{BUCKET}/baseline.json",
+        {}, model_with_code_url=repacked,
+    )  # fmt: skip
+    (container,) = registration["InferenceSpecification"]["Containers"]
+    assert container["Environment"]["SAGEMAKER_SUBMIT_DIRECTORY"] == "/opt/ml/model/code"
+    sm.create_model_package_group(ModelPackageGroupName=registration["ModelPackageGroupName"])
+    package = sm.create_model_package(**registration)["ModelPackageArn"]
+    sm.update_model_package(ModelPackageArn=package, ModelApprovalStatus="Approved")
+    model = model_request(
+        short_name="iso", use_case="isolated", model_package_arn=package, role_arn=ROLE,
+        network=network, base_tags={},
+    )  # fmt: skip
+    sm.create_model(**model)
+    assert sm.describe_model(ModelName=model["ModelName"])["EnableNetworkIsolation"] is True
+    lines, features = _csv_rows(50, 13, "iso-")
+    s3.put_object(Bucket=BUCKET, Key="iso/in/day.csv", Body="\n".join(lines) + "\n")
+    sm.create_transform_job(
+        TransformJobName="tf-isolated",
+        ModelName=model["ModelName"],
+        TransformInput={
+            "DataSource": {
+                "S3DataSource": {"S3DataType": "S3Prefix", "S3Uri": f"s3://{BUCKET}/iso/in/"}
+            },
+            "ContentType": "text/csv",
+            "SplitType": "Line",
+        },
+        TransformOutput={"S3OutputPath": f"s3://{BUCKET}/iso/out", "Accept": "text/csv"},
+        TransformResources={"InstanceType": "ml.m5.large", "InstanceCount": 1},
+        DataProcessing={"InputFilter": "$[1:]", "JoinSource": "Input"},
+    )
+    job = _wait(
+        lambda: sm.describe_transform_job(TransformJobName="tf-isolated"),
+        "TransformJobStatus",
+        {"InProgress", "Stopping"},
+    )
+    assert job["TransformJobStatus"] == "Completed", job.get("FailureReason")
+    output = _read(s3, "iso/out/day.csv.out").splitlines()
+    expected = _expected(models["A"]["estimator"], features)
+    assert len(output) == len(lines)
+    for line, row, (prediction, probability) in zip(output, lines, expected, strict=True):
+        key, a, b, predicted, prob = line.split(",")
+        assert f"{key},{a},{b}" == row
+        assert int(predicted) == prediction
+        assert float(prob) == pytest.approx(probability, abs=1e-6)
 
 
 # --- endpoints ---------------------------------------------------------------------------------
