@@ -34,6 +34,10 @@ NOT_EXERCISED_LOCALLY: dict[str, dict[str, str]] = {
             "called only when a tuning job failed, to tell script errors (permanent) from the "
             "rest; tests/e2e/test_failure_modes.py checks it is granted"
         ),
+        "kms:GenerateDataKey": (
+            "uploading the model repacked with its code (network isolation) under SSE-KMS with "
+            "the config's kms_key_id: moto's S3 does not enforce SSE-KMS permissions"
+        ),
         "kms:Decrypt": (
             "reading job outputs encrypted with the config's kms_key_id (evaluation.json, "
             "baseline.json): moto's S3 does not enforce SSE-KMS permissions"

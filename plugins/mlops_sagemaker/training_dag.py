@@ -194,6 +194,8 @@ def _plan_registration(
             ExtractManifest.from_xcom(manifest),
             baseline_uri,
             baseline.get("rows", {}),
+            # Network isolation: the model is repacked with its code (model_artifact.py).
+            s3_client=s3.get_conn(),
         )
 
     return plan_registration(staged, model, gate, manifest, split.output)

@@ -28,6 +28,8 @@ ROOT = Path(__file__).resolve().parents[2]
 DAG_ID = "mlops_tpch_orders_training"
 FAST = {"sagemaker_check_interval_seconds": 1}
 RUN_DATES = ["1993-01-01", "1996-02-29", "1998-08-02"]
+BATCH_DAG_ID = "mlops_tpch_orders_batch_inference"
+BATCH_DATE = "1998-08-01"
 KMS_KEY = "arn:aws:kms:us-east-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab"
 VOLUME_KEY = "arn:aws:kms:us-east-1:123456789012:key/abcd1234-ab12-cd34-ef56-abcdef123456"
 SUBNETS = ["subnet-0123456789abcdef0", "subnet-0fedcba9876543210"]
@@ -68,6 +70,13 @@ def recorded(tmp_path_factory: pytest.TempPathFactory) -> dict:
                 "dags", "test", DAG_ID, ds, "--conf", conf, check=False, extra_env=env
             )
             runs[ds] = (result.returncode, result.stdout + result.stderr)
+        # Batch scoring with every option on too: the isolated model serves the repacked
+        # artifact (its code inside), the transform writes with the KMS keys.
+        result = stack.airflow(
+            "dags", "test", BATCH_DAG_ID, BATCH_DATE, "--conf", json.dumps(FAST),
+            check=False, extra_env=env,
+        )  # fmt: skip
+        runs[f"batch {BATCH_DATE}"] = (result.returncode, result.stdout + result.stderr)
         with urllib.request.urlopen(f"{stack.aws_url}/_local/sagemaker/calls") as answer:
             calls = json.load(answer)
         sm = stack.client("sagemaker")
@@ -78,7 +87,7 @@ def recorded(tmp_path_factory: pytest.TempPathFactory) -> dict:
     return {"runs": runs, "calls": calls, "training_jobs": training}
 
 
-def test_every_run_with_all_options_on_registers_a_version(recorded) -> None:
+def test_every_run_with_all_options_on_registers_a_version_and_scores(recorded) -> None:
     for ds, (code, log) in recorded["runs"].items():
         assert code == 0, f"{ds}: {log[-5000:]}"
     created = [c for c in recorded["calls"] if c["Action"] == "CreateModelPackage"]
@@ -136,6 +145,17 @@ def test_the_requests_carry_every_option(recorded) -> None:
     assert {"Key": "cost-center", "Value": "ml-1234"} in tagged[0]["Tags"]
     dates = {r["CustomerMetadataProperties"]["run_date"] for r in by_action["CreateModelPackage"]}
     assert dates == set(RUN_DATES)
+    for request in by_action["CreateModelPackage"]:  # isolated: the code is in the artifact
+        (container,) = request["InferenceSpecification"]["Containers"]
+        assert "/model-with-code-" in container["ModelDataUrl"]
+        assert container["Environment"]["SAGEMAKER_SUBMIT_DIRECTORY"] == "/opt/ml/model/code"
+    (model,) = by_action["CreateModel"]
+    assert model["EnableNetworkIsolation"] is True
+    assert model["VpcConfig"] == {"Subnets": SUBNETS, "SecurityGroupIds": SECURITY_GROUPS}
+    (transform,) = by_action["CreateTransformJob"]
+    assert transform["TransformOutput"]["KmsKeyId"] == KMS_KEY
+    assert transform["TransformResources"]["VolumeKmsKeyId"] == VOLUME_KEY
+    assert {"Key": "cost-center", "Value": "ml-1234"} in transform["Tags"]
 
 
 def test_isolated_training_jobs_got_their_code_through_the_code_channel(recorded) -> None:

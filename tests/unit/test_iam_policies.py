@@ -81,7 +81,7 @@ def test_kms_and_vpc_statements_appear_only_with_their_option() -> None:
         return {s["Sid"] for d in documents.values() for s in d["Statement"]}
 
     off, on = sids(rendered()), sids(rendered(all_options=True))
-    optional = {"KmsDecryptJobOutputs", "KmsOutputEncryption", "KmsVolumeEncryption"}
+    optional = {"KmsForJobOutputsAndTheRepackedModel", "KmsOutputEncryption", "KmsVolumeEncryption"}
     optional |= {"VpcNetworkInterfaces", "VpcDescribeHasNoResourceLevelPermissions"}
     assert optional.isdisjoint(off)
     assert on - off == optional
