@@ -91,6 +91,7 @@ class ExtractManifest(Payload):
     part_count: int = 0
     sql_sha256: str = ""
     presto_query_id: str | None = None
+    context_label: str = ""
     started_at: str = ""
     finished_at: str = ""
 
