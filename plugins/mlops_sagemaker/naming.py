@@ -19,6 +19,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from mlops_sagemaker.failures import ClassifiedError
+
 MAX_NAME = 63
 MAX_TUNING_NAME = 32
 _ATTEMPTS = "123456789abcdefghijklmnopqrstuvwxyz"
@@ -38,16 +40,23 @@ def job_base_name(short_name: str, ds_nodash: str, step: str, request_fingerprin
     return f"{short_name}-{ds_nodash}-{STEP_CODES[step]}-{request_fingerprint}"
 
 
+class NamingError(ClassifiedError):
+    """No valid SageMaker name is left for a request (permanent: a retry gets the same name)."""
+
+    category = "request"
+
+
 def attempt_name(base_name: str, attempt: int, limit: int = MAX_NAME) -> str:
-    """``base_name`` plus the attempt character; raises if it does not fit the API limits."""
+    """``base_name`` plus the attempt character; ``NamingError`` if the attempts are used up or
+    the name does not fit the API limits."""
     if not 1 <= attempt <= len(_ATTEMPTS):
-        raise ValueError(
+        raise NamingError(
             f"{base_name}: attempt {attempt} is past the {len(_ATTEMPTS)} allowed for one run "
             "date and input; investigate the failures before clearing the task again"
         )
     name = f"{base_name}-{_ATTEMPTS[attempt - 1]}"
     if len(name) > limit or not _NAME_RULE.match(name):
-        raise ValueError(f"SageMaker name {name!r} breaks the naming rule or limit {limit}")
+        raise NamingError(f"SageMaker name {name!r} breaks the naming rule or limit {limit}")
     return name
 
 

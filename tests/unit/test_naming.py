@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from mlops_sagemaker.code_bundle import build_bundle
-from mlops_sagemaker.naming import attempt_name, attempt_of, job_base_name
+from mlops_sagemaker.failures import Kind, classify
+from mlops_sagemaker.naming import NamingError, attempt_name, attempt_of, job_base_name
 from mlops_sagemaker.operators import resolve_attempt
 
 BASE = job_base_name("tpch-ord", "19960229", "split", "a1b2c3")
@@ -46,10 +47,12 @@ def test_other_names_sharing_the_prefix_are_ignored() -> None:
 def test_attempt_round_trip_and_limits() -> None:
     assert attempt_of(BASE, attempt_name(BASE, 12)) == 12
     assert attempt_of(BASE, BASE) is None
-    with pytest.raises(ValueError, match="past the 35 allowed"):
+    with pytest.raises(NamingError, match="past the 35 allowed") as used_up:
         attempt_name(BASE, 36)
-    with pytest.raises(ValueError, match="limit 20"):
+    with pytest.raises(NamingError, match="limit 20"):
         attempt_name(BASE, 1, limit=20)
+    # Permanent: a retry would compute the same name and fail the same way.
+    assert classify(used_up.value).kind is Kind.PERMANENT
 
 
 def test_code_bundle_is_reproducible(tmp_path: Path) -> None:
