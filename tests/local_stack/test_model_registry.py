@@ -549,3 +549,47 @@ def test_approval_body_without_evaluation_or_approved_version():
     )  # fmt: skip
     assert "**Gate**: no test auc is registered (threshold 0.7000)." in unregistered
     assert "not comparable (not registered for both)" in unregistered
+
+
+# --------------------------------------------------------------------------- batch approval steps
+
+
+def test_auto_mode_below_the_gate_keeps_the_approved_version_scoring(sm, group):
+    """``approve.auto`` then ``approve.version`` (batch_tasks) with the shipped gate (auc 0.7):
+    a pending version below it stays pending, with the reason, and the approved one scores."""
+    from pathlib import Path
+
+    from mlops_sagemaker.batch_tasks import approve_automatically, version_to_use
+    from mlops_sagemaker.config import load_use_case
+
+    config = load_use_case(Path(__file__).resolve().parents[2] / "include/config/tpch_orders.yaml")
+    approved = register(sm, group, "Approved", "1996-01-31", auc=0.75)
+    weak = register(sm, group, "PendingManualApproval", "1996-02-29", auc=0.61)
+    choice = select(sm, group, "latest_approved", consider_pending=True)
+    assert arns(choice) == (approved, weak)
+
+    decision = approve_automatically(sm, config, choice, "run-1")
+    assert decision.startswith("version 2 left pending")
+    described = sm.describe_model_package(ModelPackageName=weak)
+    assert described["ModelApprovalStatus"] == "PendingManualApproval"
+    assert "0.61" in described["ApprovalDescription"]
+    assert version_to_use(sm, choice).arn == approved
+
+    alone = ModelChoice("latest_approved", None, choice.pending)
+    with pytest.raises(NoModelVersion, match="version 2, is PendingManualApproval"):
+        version_to_use(sm, alone)
+
+
+def test_auto_mode_passing_the_gate_scores_with_the_new_version(sm, group):
+    from pathlib import Path
+
+    from mlops_sagemaker.batch_tasks import approve_automatically, version_to_use
+    from mlops_sagemaker.config import load_use_case
+
+    config = load_use_case(Path(__file__).resolve().parents[2] / "include/config/tpch_orders.yaml")
+    register(sm, group, "Approved", "1996-01-31", auc=0.75)
+    strong = register(sm, group, "PendingManualApproval", "1996-02-29", auc=0.81)
+    choice = select(sm, group, "latest_approved", consider_pending=True)
+    assert approve_automatically(sm, config, choice, "run-2").startswith("version 2 approved")
+    chosen = version_to_use(sm, choice)
+    assert (chosen.arn, chosen.status) == (strong, "Approved")
