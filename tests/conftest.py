@@ -31,6 +31,19 @@ for _path in (ROOT / "plugins", ROOT):
 
 
 @pytest.fixture
+def aws_default_at(monkeypatch):
+    """``aws_default_at(endpoint_url)``: point the Airflow connection ``aws_default`` at a local
+    endpoint (S3 via moto, or the local AWS endpoint), as the DAG's connection would."""
+
+    def point(endpoint_url: str, region: str = "us-east-1") -> None:
+        extra = {"endpoint_url": endpoint_url, "region_name": region}
+        conn = {"conn_type": "aws", "login": "testing", "password": "testing", "extra": extra}
+        monkeypatch.setenv("AIRFLOW_CONN_AWS_DEFAULT", json.dumps(conn))
+
+    return point
+
+
+@pytest.fixture
 def presto_conn(presto, monkeypatch) -> dict:
     """``presto_default`` pointing at the module's ``presto`` stand-in fixture (tpch.tiny)."""
     conn = {

@@ -10,12 +10,13 @@ bodies are in ``batch_tasks``. Nothing here touches the network at parse time.
 from __future__ import annotations
 
 import logging
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 from airflow.sdk import DAG, Asset, AssetAlias, Param, TaskGroup, get_current_context, task
 
-from mlops_sagemaker import batch_tasks
+from mlops_sagemaker import batch_tasks, tasks
 from mlops_sagemaker.config import UseCase
 from mlops_sagemaker.dag_kit import PipelineKit
 from mlops_sagemaker.failures import apply_policy
@@ -178,8 +179,6 @@ def _auto_approve(config: UseCase, choice: Any) -> Any:
 
 
 def _ask_in_airflow(config: UseCase) -> Any:
-    from datetime import timedelta
-
     from mlops_sagemaker.model_registry import RegistryApprovalOperator
 
     approval, gate = config.need_batch().approval, config.approval_gate()
@@ -253,9 +252,9 @@ def _plan_transform(config: UseCase, model_name: Any, manifest: Any) -> Any:
     @apply_policy
     def plan(model_name: str, manifest: dict) -> dict:
         """Build the batch transform request over the run's extracted parts."""
-        ds = get_current_context()["ds"]
+        run = tasks.run_info(get_current_context())
         extracted = ExtractManifest.from_xcom(manifest)
-        return batch_tasks.plan_transform(config, ds, model_name, extracted)
+        return batch_tasks.plan_transform(config, run, model_name, extracted)
 
     return plan(model_name, manifest)
 
@@ -273,7 +272,7 @@ def _check(config: UseCase, manifest: Any, transform_result: Any, version: Any) 
         ds = get_current_context()["ds"]
         summary = check_and_publish(
             S3Hook(aws_conn_id=config.connections.aws).get_conn(),
-            manifest=ExtractManifest.from_xcom(manifest).as_xcom(),
+            manifest=manifest,
             transform_output_uri=transform_result["Transform"]["TransformOutput"]["S3OutputPath"],
             predictions_uri=f"{batch_tasks.predictions_root(config)}ds={ds}/",
             model_package_arn=ModelVersion.from_xcom(version).arn,
@@ -307,7 +306,7 @@ def _drift(config: UseCase, manifest: Any, version: Any, summary: Any) -> Any:
         if outcome.note:
             log.warning("%s", outcome.note)
         extra = {**summary, "drift_level": outcome.level, "drift_report_uri": outcome.report_uri}
-        extra["drift_warnings"] = sorted(k for k, v in outcome.psi.items() if v >= _warn(config))
+        extra["drift_warnings"] = list(outcome.warnings)
         context["outlet_events"][predictions].extra = extra
         if outcome.level == "retrain":
             context["outlet_events"][alias].add(drift_asset(config), extra=extra)
@@ -319,10 +318,6 @@ def _drift(config: UseCase, manifest: Any, version: Any, summary: Any) -> Any:
         return outcome.as_xcom()
 
     return drift(manifest, version, summary)
-
-
-def _warn(config: UseCase) -> float:
-    return config.need_batch().drift.warn
 
 
 __all__ = ["build_batch_inference_dag", "drift_asset", "predictions_asset"]

@@ -23,7 +23,7 @@ from mlops_sagemaker.model_registry import (
 )
 from mlops_sagemaker.naming import RunPaths
 from mlops_sagemaker.payloads import ExtractManifest, Payload
-from mlops_sagemaker.sagemaker_requests import run_paths
+from mlops_sagemaker.sagemaker_requests import RunInfo, run_paths, tags
 
 if TYPE_CHECKING:
     from mlops_sagemaker.drift import DriftReport
@@ -110,13 +110,12 @@ def plan_model(config: UseCase, version: ModelVersion) -> dict[str, Any]:
 
 
 def plan_transform(
-    config: UseCase, ds: str, model_name: str, manifest: ExtractManifest
+    config: UseCase, run: RunInfo, model_name: str, manifest: ExtractManifest
 ) -> dict[str, Any]:
     """CreateTransformJob request over the run's extracted CSV parts."""
     resources = config.need_batch().transform
     network = config.sagemaker.network
-    run_tags = {**config.sagemaker.tags, "mlops:use-case": config.use_case, "mlops:run-date": ds}
-    run_tags.update({"mlops:step": "transform", "mlops:managed-by": "airflow"})
+    ds = run.ds
     return transform_request(
         short_name=config.short_name,
         ds=ds,
@@ -132,7 +131,7 @@ def plan_transform(
         invocations_max_retries=resources.invocations_max_retries,
         kms_key_id=network.kms_key_id,
         volume_kms_key_id=network.volume_kms_key_id,
-        tags=[{"Key": k, "Value": v} for k, v in sorted(run_tags.items())],
+        tags=tags(config, run, "transform"),
     )
 
 
@@ -144,15 +143,18 @@ class DriftOutcome(Payload):
     psi: dict[str, float]
     report_uri: str
     note: str = ""
+    warnings: tuple[str, ...] = ()  # features at warn level or above
 
 
 def _s3_parts(s3: Any, manifest: ExtractManifest) -> Any:
-    from mlops_sagemaker.extract import read_part  # pyarrow: imported in the task, not at parse
+    from airflow.providers.amazon.aws.hooks.s3 import S3Hook
 
-    bucket = manifest.data_uri.removeprefix("s3://").partition("/")[0]
-    for part in manifest.parts:  # one part in memory at a time
-        body = s3.get_object(Bucket=bucket, Key=part["key"])["Body"].read()
-        yield read_part(body, manifest.as_xcom())
+    from mlops_sagemaker.extract import part_uris, read_part  # pyarrow: not at parse time
+
+    document = manifest.as_xcom()
+    for uri in part_uris(document):  # one part in memory at a time
+        bucket, key = S3Hook.parse_s3_url(uri)
+        yield read_part(s3.get_object(Bucket=bucket, Key=key)["Body"].read(), document)
 
 
 def measure_drift(
@@ -169,7 +171,9 @@ def measure_drift(
     if not version.baseline_uri:
         note = f"version {version.version} has no DriftCheckBaselines: drift not measured"
         return DriftOutcome("unknown", {}, "", note), None
-    bucket, _, key = version.baseline_uri.removeprefix("s3://").partition("/")
+    from airflow.providers.amazon.aws.hooks.s3 import S3Hook
+
+    bucket, key = S3Hook.parse_s3_url(version.baseline_uri)
     baseline = json.loads(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
     try:
         accumulator = DriftAccumulator(baseline, config.dataset.feature_columns)
@@ -191,4 +195,5 @@ def measure_drift(
         ContentType="application/json",
     )
     psi = {f.feature: round(f.psi, 6) for f in report.features}
-    return DriftOutcome(report.level, psi, report_uri), report
+    warnings = tuple(sorted(f.feature for f in report.features if f.level != "ok"))
+    return DriftOutcome(report.level, psi, report_uri, warnings=warnings), report

@@ -22,7 +22,6 @@ from mlops_sagemaker import tasks
 from mlops_sagemaker.config import BatchInference, Training, UseCase
 from mlops_sagemaker.failures import apply_policy
 from mlops_sagemaker.operators import CHECK_INTERVAL_PARAM, DataArrivalSensor, PrestoToS3Operator
-from mlops_sagemaker.payloads import StagedCode
 from mlops_sagemaker.timetables import RangedCronDataIntervalTimetable
 
 
@@ -178,4 +177,4 @@ def check_run_date_task(config: UseCase, pipeline: str) -> Any:
     return check_run_date().operator
 
 
-__all__ = ["Opening", "PipelineKit", "StagedCode", "check_run_date_task"]
+__all__ = ["Opening", "PipelineKit", "check_run_date_task"]

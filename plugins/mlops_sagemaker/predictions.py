@@ -40,6 +40,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
+from airflow.providers.amazon.aws.hooks.s3 import S3Hook
 
 from mlops_sagemaker.extract import csv_convert_options, manifest_schema, part_uris, read_part
 from mlops_sagemaker.failures import ClassifiedError
@@ -97,17 +98,9 @@ class _Part:
         return self.name + OUTPUT_SUFFIX
 
 
-def _split_uri(uri: str) -> tuple[str, str]:
-    """``s3://bucket/a/b`` -> ``("bucket", "a/b")``."""
-    if not uri.startswith("s3://"):
-        raise ValueError(f"Not an s3:// URI: {uri!r}")
-    bucket, _, key = uri.removeprefix("s3://").partition("/")
-    return bucket, key
-
-
 def _folder(uri: str) -> tuple[str, str]:
     """``s3://bucket/a/b`` -> ``("bucket", "a/b/")``: a prefix that matches a whole folder."""
-    bucket, prefix = _split_uri(uri)
+    bucket, prefix = S3Hook.parse_s3_url(uri)
     prefix = prefix.strip("/")
     return bucket, f"{prefix}/" if prefix else ""
 
@@ -173,7 +166,7 @@ def _parts(manifest: Mapping[str, Any], transform_output_uri: str) -> list[_Part
     output_bucket, output_prefix = _folder(transform_output_uri)
     parts = []
     for uri in part_uris(manifest):
-        bucket, key = _split_uri(uri)
+        bucket, key = S3Hook.parse_s3_url(uri)
         name = key.removeprefix(data_prefix)  # SageMaker keeps the path below its input prefix
         parts.append(_Part(name, bucket, key, output_bucket, output_prefix + name + OUTPUT_SUFFIX))
     return parts

@@ -75,6 +75,12 @@ def aws_client(local_aws):
 
 
 @pytest.fixture
+def airflow_aws_connection(local_aws, aws_default_at) -> None:
+    """``aws_default`` pointing at the local endpoint (for hooks, sensors and operators)."""
+    aws_default_at(local_aws.url, AWS_REGION)
+
+
+@pytest.fixture
 def faults(local_aws) -> Iterator:
     """The endpoint's fault injector, disarmed after the test."""
     yield local_aws.runtime.faults

@@ -50,14 +50,6 @@ def group(sm) -> str:
     return name
 
 
-@pytest.fixture
-def aws_default(local_aws, monkeypatch) -> None:
-    """``aws_default`` pointing at the local endpoint (for the hooks of sensor and operator)."""
-    extra = {"endpoint_url": local_aws.url, "region_name": REGION}
-    conn = {"conn_type": "aws", "login": "testing", "password": "testing", "extra": extra}
-    monkeypatch.setenv("AIRFLOW_CONN_AWS_DEFAULT", json.dumps(conn))
-
-
 def register(
     sm: Any,
     group: str,
@@ -332,7 +324,7 @@ def test_set_approval_fits_the_description_into_the_api_limit(sm, group):
 # --------------------------------------------------------------------------- registry-mode wait
 
 
-def test_model_approval_sensor_pokes(sm, group, aws_default):
+def test_model_approval_sensor_pokes(sm, group, airflow_aws_connection):
     arn = register(sm, group, "PendingManualApproval", "1996-02-29")
     sensor = ModelApprovalSensor(task_id="wait_for_approval", model_package_arn=arn)
     assert sensor.mode == "reschedule"
@@ -387,7 +379,7 @@ def answer(option: str) -> dict[str, Any]:
     }
 
 
-def test_approval_without_candidate_asks_nothing(sm, group, aws_default):
+def test_approval_without_candidate_asks_nothing(sm, group, airflow_aws_connection):
     arn = register(sm, group, "Approved", "1996-02-29")
     ti = FakeTaskInstance(select(sm, group, "latest_approved", consider_pending=True).as_xcom())
 
@@ -398,7 +390,7 @@ def test_approval_without_candidate_asks_nothing(sm, group, aws_default):
 
 
 def test_approval_asks_with_the_evaluation_in_the_body(
-    sm, group, aws_default, aws_client, monkeypatch
+    sm, group, airflow_aws_connection, aws_client, monkeypatch
 ):
     evaluation = {
         "binary_classification_metrics": {"auc": {"value": 0.8123, "standard_deviation": "NaN"}},
@@ -428,7 +420,7 @@ def test_approval_asks_with_the_evaluation_in_the_body(
 
 
 @pytest.mark.parametrize(("option", "status"), [("Approve", "Approved"), ("Reject", "Rejected")])
-def test_approval_answer_goes_to_the_registry(sm, group, aws_default, option, status):
+def test_approval_answer_goes_to_the_registry(sm, group, airflow_aws_connection, option, status):
     register(sm, group, "Approved", "1996-01-31")
     candidate = register(sm, group, "PendingManualApproval", "1996-02-29")
     ti = FakeTaskInstance(select(sm, group, "latest_approved", consider_pending=True).as_xcom())

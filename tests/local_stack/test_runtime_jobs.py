@@ -900,15 +900,6 @@ def test_throttling_is_retried_by_boto3_and_unknown_actions_are_named(
 
 
 # --- through the Airflow provider ---------------------------------------------------------------------
-@pytest.fixture
-def airflow_aws_connection(local_aws, monkeypatch) -> None:
-    connection = {
-        "conn_type": "aws",
-        "login": "testing",
-        "password": "testing",
-        "extra": {"endpoint_url": local_aws.url, "region_name": AWS_REGION},
-    }
-    monkeypatch.setenv("AIRFLOW_CONN_AWS_DEFAULT", json.dumps(connection))
 
 
 def test_airflow_processing_operator_completes_and_raises_on_failure(

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import gzip
 import io
-import json
 import subprocess
 import tarfile
 from pathlib import Path
@@ -63,18 +62,6 @@ class RecordingTaskInstance:
 
     def xcom_push(self, key: str, value: Any) -> None:
         self.pushed[key] = value
-
-
-@pytest.fixture
-def airflow_aws_connection(local_aws, monkeypatch) -> None:
-    """``aws_default`` pointing at the local endpoint, as the DAG's connection would."""
-    connection = {
-        "conn_type": "aws",
-        "login": "testing",
-        "password": "testing",
-        "extra": {"endpoint_url": local_aws.url, "region_name": REGION},
-    }
-    monkeypatch.setenv("AIRFLOW_CONN_AWS_DEFAULT", json.dumps(connection))
 
 
 @pytest.fixture(scope="module")

@@ -11,13 +11,11 @@ from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
 
-import boto3
 import jinja2
 import prestodb
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from moto.server import ThreadedMotoServer
 
 from local_stack.presto_standin import PrestoStandin
 from mlops_sagemaker.extract import (
@@ -44,34 +42,10 @@ def presto() -> Iterator[PrestoStandin]:
         yield standin
 
 
-@pytest.fixture(scope="module")
-def s3_endpoint() -> Iterator[str]:
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
-
-
 @pytest.fixture
-def s3(s3_endpoint, monkeypatch):
+def s3(s3_bucket):
     """A fresh bucket, reachable through the Airflow connection ``aws_default``."""
-    extra = {"endpoint_url": s3_endpoint, "region_name": "us-east-1"}
-    conn = {"conn_type": "aws", "login": "testing", "password": "testing", "extra": extra}
-    monkeypatch.setenv("AIRFLOW_CONN_AWS_DEFAULT", json.dumps(conn))
-    client = boto3.client(
-        "s3",
-        endpoint_url=s3_endpoint,
-        region_name="us-east-1",
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-    )
-    client.create_bucket(Bucket=BUCKET)
-    yield client
-    keys = [o["Key"] for o in client.list_objects_v2(Bucket=BUCKET).get("Contents", [])]
-    if keys:
-        client.delete_objects(Bucket=BUCKET, Delete={"Objects": [{"Key": k} for k in keys]})
-    client.delete_bucket(Bucket=BUCKET)
+    return s3_bucket(BUCKET)
 
 
 def training_sql(start: str, end: dt.date) -> str:

@@ -10,14 +10,10 @@ from __future__ import annotations
 import gzip
 import hashlib
 import io
-import json
 import tarfile
-from collections.abc import Iterator
 from pathlib import Path
 
-import boto3
 import pytest
-from moto.server import ThreadedMotoServer
 
 from local_stack.sagemaker_runtime import validation
 from mlops_sagemaker import tasks
@@ -159,35 +155,13 @@ def test_repack_refuses_step_code_without_files() -> None:
 
 
 # --- S3 ----------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def s3_endpoint() -> Iterator[str]:
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
-
-
 @pytest.fixture
-def s3(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> Iterator:
+def s3(s3_bucket):
     """A fresh bucket holding the model artifact and the staged code; ``aws_default`` reaches it."""
-    extra = {"endpoint_url": s3_endpoint, "region_name": "us-east-1"}
-    conn = {"conn_type": "aws", "login": "testing", "password": "testing", "extra": extra}
-    monkeypatch.setenv("AIRFLOW_CONN_AWS_DEFAULT", json.dumps(conn))
-    client = boto3.client(
-        "s3",
-        endpoint_url=s3_endpoint,
-        region_name="us-east-1",
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-    )
-    client.create_bucket(Bucket=BUCKET)
+    client = s3_bucket(BUCKET)
     client.put_object(Bucket=BUCKET, Key=MODEL_KEY, Body=MODEL_TAR)
     client.put_object(Bucket=BUCKET, Key=CODE_KEY, Body=BUNDLE.tarball)
-    yield client
-    keys = [o["Key"] for o in client.list_objects_v2(Bucket=BUCKET).get("Contents", [])]
-    client.delete_objects(Bucket=BUCKET, Delete={"Objects": [{"Key": k} for k in keys]})
-    client.delete_bucket(Bucket=BUCKET)
+    return client
 
 
 def _uri(key: str) -> str:

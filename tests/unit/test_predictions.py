@@ -16,7 +16,6 @@ import boto3
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from moto.server import ThreadedMotoServer
 
 from local_stack.presto_standin import PrestoStandin
 from mlops_sagemaker.extract import extract_to_s3, part_uris, read_part
@@ -45,20 +44,11 @@ Lines = dict[str, list[str]]  # output object name -> its lines
 
 
 @pytest.fixture(scope="module")
-def s3() -> Iterator:
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    endpoint = f"http://{host}:{port}"
-    client = boto3.client(
-        "s3",
-        endpoint_url=endpoint,
-        region_name="us-east-1",
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-    )
+def s3(s3_endpoint: str) -> Iterator:
+    # A client of its own: the module's extraction manifests ride on it as an attribute.
+    client = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1")
     client.create_bucket(Bucket=BUCKET)
-    extra = {"endpoint_url": endpoint, "region_name": "us-east-1"}
+    extra = {"endpoint_url": s3_endpoint, "region_name": "us-east-1"}
     aws = {"conn_type": "aws", "login": "testing", "password": "testing", "extra": extra}
     with PrestoStandin(port=0, schemas=("tiny",)) as presto, pytest.MonkeyPatch.context() as mp:
         presto_conn = {
@@ -84,7 +74,6 @@ def s3() -> Iterator:
             for name, sql in (("orders", INPUT_SQL), ("duplicates", DUPLICATE_SQL))
         }
     yield client
-    server.stop()
 
 
 @pytest.fixture
