@@ -55,6 +55,8 @@ MODEL_ARCHIVE = "model.tar.gz"
 MODEL_FILE = "model.joblib"
 METADATA_FILE = "model_metadata.json"
 MAX_CURVE_POINTS = 101
+# Test rows (with their probabilities) kept in evaluation.json for the endpoint smoke test.
+SAMPLE_ROWS = 50
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -255,6 +257,7 @@ def evaluate(
 
     positive = list(model.classes_).index(metadata.get("positive_class", 1))
     y_score = model.predict_proba(x_test)[:, positive]
+    sample = _test_sample(x_test, y_score, test.get(metadata.get("key_column", "")))
     y_pred = (y_score >= threshold).astype("int64")
     metrics = classification_metrics(y_true, y_pred, y_score)
 
@@ -279,6 +282,20 @@ def evaluate(
         "feature_columns": features,
         "label_column": label_column,
         "model_hyperparameters": metadata.get("hyperparameters", {}),
+        "test_sample": sample,
+    }
+
+
+def _test_sample(x_test: pd.DataFrame, y_score: np.ndarray, keys: Any) -> dict[str, Any]:
+    """The first ``SAMPLE_ROWS`` test rows with the probabilities this evaluation computed:
+    the endpoint DAG's smoke test sends them to a deployed endpoint and expects the same
+    numbers (floats keep their full precision through JSON)."""
+    rows = min(SAMPLE_ROWS, len(x_test))
+    return {
+        "feature_columns": list(map(str, x_test.columns)),
+        "keys": [] if keys is None else [int(k) for k in keys.iloc[:rows]],
+        "rows": x_test.iloc[:rows].to_numpy(dtype="float64").tolist(),
+        "probabilities": [float(p) for p in y_score[:rows]],
     }
 
 

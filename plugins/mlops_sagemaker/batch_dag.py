@@ -18,7 +18,7 @@ from airflow.sdk import DAG, Asset, AssetAlias, Param, TaskGroup, get_current_co
 
 from mlops_sagemaker import batch_tasks, tasks
 from mlops_sagemaker.config import UseCase
-from mlops_sagemaker.dag_kit import PipelineKit
+from mlops_sagemaker.dag_kit import PipelineKit, approved_versions_asset, version_approved_alias
 from mlops_sagemaker.failures import apply_policy
 from mlops_sagemaker.operators import IdempotentTransformOperator
 from mlops_sagemaker.payloads import ExtractManifest
@@ -160,19 +160,27 @@ def _approval(config: UseCase, choice: Any) -> Any:
 
 
 def _auto_approve(config: UseCase, choice: Any) -> Any:
-    @task(task_id="auto")
+    alias = version_approved_alias(config)
+
+    @task(task_id="auto", outlets=[alias])
     @apply_policy
     def auto(choice: dict) -> str:
-        """Approve the pending candidate if its registered metric passes the gate."""
+        """Approve the pending candidate if its registered metric passes the gate; an approval
+        adds the approved-versions Asset event (the endpoint DAG deploys on it)."""
         from airflow.providers.amazon.aws.hooks.sagemaker import SageMakerHook
 
-        from mlops_sagemaker.model_registry import ModelChoice
+        from mlops_sagemaker.model_registry import APPROVED, ModelChoice, describe_version
 
         conn = SageMakerHook(aws_conn_id=config.connections.aws).conn
-        decision = batch_tasks.approve_automatically(
-            conn, config, ModelChoice.from_xcom(choice), get_current_context()["run_id"]
-        )
+        context = get_current_context()
+        candidate = ModelChoice.from_xcom(choice)
+        decision = batch_tasks.approve_automatically(conn, config, candidate, context["run_id"])
         log.info("Auto approval: %s", decision)
+        if candidate.pending is not None:
+            now = describe_version(conn, candidate.pending.arn)
+            if now.status == APPROVED:
+                extra = {"model_package_arn": now.arn, "version": now.version, "by": "auto"}
+                context["outlet_events"][alias].add(approved_versions_asset(config), extra=extra)
         return decision
 
     return auto(choice)
@@ -184,6 +192,8 @@ def _ask_in_airflow(config: UseCase) -> Any:
     approval, gate = config.need_batch().approval, config.approval_gate()
     return RegistryApprovalOperator(
         task_id="ask",
+        approved_asset=approved_versions_asset(config),
+        outlets=[version_approved_alias(config)],
         aws_conn_id=config.connections.aws,
         choice_task_id="select_model",
         metric=gate.metric,

@@ -438,6 +438,130 @@ class BatchInference(PipelineQueries):
     drift: DriftSettings = DriftSettings()
 
 
+class TrafficShift(_Strict):
+    """How an ``UpdateEndpoint`` moves traffic to the new fleet (``BlueGreenUpdatePolicy``).
+
+    ``ALL_AT_ONCE`` shifts everything, then bakes ``wait_interval_seconds``; ``CANARY`` sends
+    ``size_percent`` of the capacity first, bakes, then the rest; ``LINEAR`` shifts in steps of
+    ``size_percent``, baking after each. Limits are the service model's (botocore
+    ``TrafficRoutingConfig``, ``BlueGreenUpdatePolicy``)."""
+
+    type: Literal["ALL_AT_ONCE", "CANARY", "LINEAR"] = "ALL_AT_ONCE"
+    size_percent: int = Field(10, ge=1, le=99, description="CANARY / LINEAR step")
+    wait_interval_seconds: int = Field(300, ge=0, le=3600)
+    termination_wait_seconds: int = Field(300, ge=0, le=3600)
+    max_execution_timeout_seconds: int = Field(3600, ge=600, le=28800)
+
+
+class Autoscaling(_Strict):
+    """Application Auto Scaling of a classic endpoint's variant: a scalable target on
+    ``sagemaker:variant:DesiredInstanceCount`` and target tracking on
+    ``SageMakerVariantInvocationsPerInstance`` (invocations per instance per minute)."""
+
+    min_instances: int = Field(1, ge=1, le=100)
+    max_instances: int = Field(1, ge=1, le=100)
+    target_invocations_per_instance: float = Field(100.0, gt=0)
+    scale_in_cooldown_seconds: int = Field(300, ge=0, le=3600)
+    scale_out_cooldown_seconds: int = Field(60, ge=0, le=3600)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Autoscaling:
+        if self.min_instances > self.max_instances:
+            raise ValueError(
+                f"min_instances {self.min_instances} > max_instances {self.max_instances}"
+            )
+        return self
+
+
+class Stage(_Strict):
+    """One endpoint the approved model is deployed to, in order (staging, then production)."""
+
+    name: str = Field(pattern=r"^[a-z][a-z0-9]{0,15}$")
+    endpoint_name: str | None = Field(
+        None,
+        pattern=r"^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}$",
+        description="default: <short_name>-<name>",
+    )
+    instance_type: str = Field("ml.m5.large", pattern=r"^ml\.[a-z0-9]+\.[a-z0-9]+$")
+    autoscaling: Autoscaling = Autoscaling()
+    deployment: TrafficShift = TrafficShift()
+    requires_approval: bool = Field(
+        False, description="a person approves in the Airflow UI before this stage is deployed"
+    )
+
+
+class RollbackAlarms(_Strict):
+    """CloudWatch alarms on the endpoint's variant that roll a deployment back while it bakes
+    (``AutoRollbackConfiguration``): 5XX errors and model latency (p99)."""
+
+    enabled: bool = True
+    errors_5xx_threshold: int = Field(1, ge=1, description="Invocation5XXErrors per period")
+    model_latency_p99_ms: int = Field(1000, ge=1)
+    period_seconds: int = Field(60, ge=10, le=3600)
+    evaluation_periods: int = Field(1, ge=1, le=10)
+
+
+class DataCapture(_Strict):
+    """Endpoint data capture (request and response bodies as JSON lines in S3)."""
+
+    enabled: bool = False
+    sampling_percentage: int = Field(100, ge=0, le=100)
+
+
+class SmokeTest(_Strict):
+    """After each deployment: invoke the endpoint with rows of the version's test split and
+    compare the probabilities with what its evaluation computed."""
+
+    rows: int = Field(20, ge=1, le=50)
+    tolerance: float = Field(1e-9, ge=0, le=1e-3)
+
+
+class EndpointApproval(_Strict):
+    """The human-in-the-loop approval of a stage with ``requires_approval``."""
+
+    response_timeout_seconds: int = Field(24 * 3600, ge=60)
+    assigned_users: list[str] = []
+
+
+def _default_stages() -> list[Stage]:
+    return [Stage(name="staging"), Stage(name="production", requires_approval=True)]
+
+
+class EndpointSection(_Strict):
+    """The real-time endpoint pipeline: which version, which stages, guardrails, cleanup."""
+
+    model: ModelSelection = ModelSelection()
+    approval_events_queue_url: str | None = Field(
+        None,
+        pattern=r"^https?://\S+$",
+        description="SQS queue fed by the registry's approval events (approval_events setup)",
+    )
+    stages: list[Stage] = Field(default_factory=_default_stages, min_length=1, max_length=5)
+    alarms: RollbackAlarms = RollbackAlarms()
+    data_capture: DataCapture = DataCapture()
+    smoke_test: SmokeTest = SmokeTest()
+    approval: EndpointApproval = EndpointApproval()
+    keep_unused: int = Field(3, ge=1, le=100, description="unused configs/models kept")
+    retries: int = Field(2, ge=0, le=10)
+    retry_delay_seconds: int = Field(60, ge=0)
+    poll_interval_seconds: int = Field(30, ge=1, le=3600)
+    max_wait_seconds: int = Field(4 * 3600, ge=60)
+
+    @model_validator(mode="after")
+    def _distinct_stages(self) -> EndpointSection:
+        names = [s.name for s in self.stages]
+        if len(set(names)) != len(names):
+            raise ValueError(f"stage names must be distinct: {names}")
+        endpoints = [s.endpoint_name for s in self.stages if s.endpoint_name]
+        if len(set(endpoints)) != len(endpoints):
+            raise ValueError(f"endpoint names must be distinct: {endpoints}")
+        if self.model.selection == "as_of_run_date":
+            raise ValueError(
+                "model.selection as_of_run_date has no run date here: use latest_approved or pinned"
+            )
+        return self
+
+
 # Fields of the training-only layout and where they live now (checked before validation so an
 # old file gets one clear message instead of a list of "Extra inputs" errors).
 MOVED_FIELDS = {
@@ -479,6 +603,7 @@ class UseCase(_Strict):
     sagemaker: SageMakerSettings
     training: Training | None = None
     batch_inference: BatchInference | None = None
+    endpoint: EndpointSection | None = None
 
     @property
     def sql_dir(self) -> str:
@@ -488,11 +613,11 @@ class UseCase(_Strict):
     @property
     def model_package_group(self) -> str:
         """The model package group batch inference reads (and training registers into)."""
-        batch = self.batch_inference
-        if batch is not None and batch.model.package_group:
-            return batch.model.package_group
+        for section in (self.batch_inference, self.endpoint):
+            if section is not None and section.model.package_group:
+                return section.model.package_group
         if self.training is None:
-            raise ValueError("no model package group: set batch_inference.model.package_group")
+            raise ValueError("no model package group: set <section>.model.package_group")
         return self.training.registry.model_package_group
 
     def need_training(self) -> Training:
@@ -507,6 +632,16 @@ class UseCase(_Strict):
             raise ConfigError(f"use case {self.use_case} has no batch_inference section")
         return self.batch_inference
 
+    def need_endpoint(self) -> EndpointSection:
+        """The endpoint section; ``ConfigError`` when the use case has none."""
+        if self.endpoint is None:
+            raise ConfigError(f"use case {self.use_case} has no endpoint section")
+        return self.endpoint
+
+    def endpoint_name(self, stage: Stage) -> str:
+        """The stage's endpoint: ``endpoint_name`` or ``<short_name>-<stage>``."""
+        return stage.endpoint_name or f"{self.short_name}-{stage.name}"
+
     def approval_gate(self) -> Gate:
         """The gate ``auto`` approval applies: ``approval.gate`` or training's evaluation."""
         batch = self.need_batch()
@@ -517,8 +652,11 @@ class UseCase(_Strict):
 
     @model_validator(mode="after")
     def _sections(self) -> UseCase:
-        if self.training is None and self.batch_inference is None:
-            raise ValueError("no pipeline section: add training and/or batch_inference")
+        if self.training is None and self.batch_inference is None and self.endpoint is None:
+            raise ValueError("no pipeline section: add training, batch_inference and/or endpoint")
+        endpoint = self.endpoint
+        if endpoint is not None and self.training is None and not endpoint.model.package_group:
+            raise ValueError("endpoint.model.package_group is required without training")
         batch = self.batch_inference
         if batch is not None and self.training is None:
             if not batch.model.package_group:

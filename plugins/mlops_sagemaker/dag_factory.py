@@ -23,6 +23,7 @@ def include_dir(dag_file: str) -> Path:
 
 
 def _builder(pipeline: str) -> Callable[[UseCase, Path], Any]:
+    """The DAG builder of ``pipeline``: returns one DAG, or a list (endpoint + its teardown)."""
     if pipeline == "training":
         from mlops_sagemaker.training_dag import build_training_dag
 
@@ -31,6 +32,13 @@ def _builder(pipeline: str) -> Callable[[UseCase, Path], Any]:
         from mlops_sagemaker.batch_dag import build_batch_inference_dag
 
         return build_batch_inference_dag
+    if pipeline == "endpoint":
+        from mlops_sagemaker.endpoint_dag import build_endpoint_dag, build_teardown_dag
+
+        return lambda config, include: [
+            build_endpoint_dag(config, include),
+            build_teardown_dag(config, include),
+        ]
     raise ValueError(f"unknown pipeline {pipeline!r}")
 
 
@@ -49,9 +57,10 @@ def publish_dags(
     dag_ids = []
     for config in loaded.use_cases:
         if getattr(config, pipeline) is not None:
-            dag = build(config, include)
-            namespace[dag.dag_id] = dag
-            dag_ids.append(dag.dag_id)
+            built = build(config, include)
+            for dag in built if isinstance(built, list) else [built]:
+                namespace[dag.dag_id] = dag
+                dag_ids.append(dag.dag_id)
     if with_config_errors:
         from mlops_sagemaker.config_error_dag import build_config_error_dag
 

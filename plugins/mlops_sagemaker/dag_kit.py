@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import jinja2
-from airflow.sdk import DAG, Param, get_current_context, task
+from airflow.sdk import DAG, Asset, AssetAlias, Param, get_current_context, task
 
 from mlops_sagemaker import tasks
 from mlops_sagemaker.config import BatchInference, Training, UseCase
@@ -98,14 +98,12 @@ class PipelineKit:
                 "window_start": self.window_start,
             },
             params={**params, CHECK_INTERVAL_PARAM: self._check_interval_param()},
-            default_args={
-                "owner": config.owner,
-                "retries": schedule.retries,
-                "retry_delay": timedelta(seconds=schedule.retry_delay_seconds),
-                # Only transient failures reach a retry (failures.py): back off exponentially.
-                "retry_exponential_backoff": 2.0,
-                "max_retry_delay": timedelta(seconds=schedule.max_retry_delay_seconds),
-            },
+            default_args=default_args(
+                config.owner,
+                schedule.retries,
+                schedule.retry_delay_seconds,
+                schedule.max_retry_delay_seconds,
+            ),
         )
 
     def _check_interval_param(self) -> Param:
@@ -164,6 +162,33 @@ class PipelineKit:
         return stage_code()
 
 
+def default_args(owner: str, retries: int, delay: int, max_delay: int) -> dict[str, Any]:
+    """Default args of every pipeline DAG: owner and the retries of transient failures."""
+    return {
+        "owner": owner,
+        "retries": retries,
+        "retry_delay": timedelta(seconds=delay),
+        # Only transient failures reach a retry (failures.py): back off exponentially.
+        "retry_exponential_backoff": 2.0,
+        "max_retry_delay": timedelta(seconds=max_delay),
+    }
+
+
+def approved_versions_asset(config: UseCase) -> Asset:
+    """The Asset updated when one of our DAGs approves a model version (the endpoint DAG runs
+    on it); extra: ``model_package_arn``, ``version``, ``approved_by``."""
+    return Asset(
+        name=f"mlops.{config.use_case}.approved_versions",
+        uri=f"sagemaker://model-package-group/{config.model_package_group}/approved",
+        group="mlops",
+    )
+
+
+def version_approved_alias(config: UseCase) -> AssetAlias:
+    """The alias an approval task adds the approved-versions event to, only when it approved."""
+    return AssetAlias(name=f"mlops.{config.use_case}.version_approved", group="mlops")
+
+
 def check_run_date_task(config: UseCase, pipeline: str) -> Any:
     """A task failing loudly when the run's logical date is outside the pipeline's range."""
 
@@ -177,4 +202,11 @@ def check_run_date_task(config: UseCase, pipeline: str) -> Any:
     return check_run_date().operator
 
 
-__all__ = ["Opening", "PipelineKit", "check_run_date_task"]
+__all__ = [
+    "Opening",
+    "PipelineKit",
+    "approved_versions_asset",
+    "check_run_date_task",
+    "default_args",
+    "version_approved_alias",
+]

@@ -26,7 +26,7 @@ from typing import Any, Literal
 
 from airflow.providers.amazon.aws.hooks.sagemaker import SageMakerHook
 from airflow.providers.standard.operators.hitl import ApprovalOperator
-from airflow.sdk import BaseSensorOperator
+from airflow.sdk import Asset, AssetAlias, BaseSensorOperator
 from airflow.sdk.exceptions import AirflowSkipException
 from botocore.exceptions import ClientError
 
@@ -562,9 +562,12 @@ class RegistryApprovalOperator(ApprovalOperator):
         threshold: float,
         aws_conn_id: str | None = "aws_default",
         subject: str = "Approve a model version for batch scoring",
+        approved_asset: Asset | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(subject=subject, **kwargs)
+        # Added through the AssetAlias outlet only when the person approves (see execute_complete).
+        self.approved_asset = approved_asset
         self.choice_task_id = choice_task_id
         self.metric = metric
         self.threshold = threshold
@@ -625,6 +628,11 @@ class RegistryApprovalOperator(ApprovalOperator):
         )
         self.log.info("Model %s set %s in the registry (%s)", candidate.label(), status, who)
         decision = _decision(status.lower(), replace(candidate, status=status))
+        if approve and self.approved_asset is not None:
+            extra = {"model_package_arn": candidate.arn, "version": candidate.version, "by": who}
+            for outlet in self.outlets:
+                if isinstance(outlet, AssetAlias):
+                    context["outlet_events"][outlet].add(self.approved_asset, extra=extra)
         if not approve:
             # The parent skips downstream by raising, so its return value never reaches XCom:
             # push the decision first.

@@ -13,6 +13,8 @@
 * ``IdempotentRegisterModelVersionOperator``: the provider's operator always creates a version;
   this one first finds the version this run date + model already registered, takes ``extras``
   as a templated field (so the full request can come from XCom) and emits an Asset event.
+* ``EndpointDeployedSensor``: the provider's endpoint sensor and waiter take a deployment that
+  SageMaker rolled back for success; this one fails it, naming the config still served.
 * ``PrestoToS3Operator``: ``SqlToS3Operator`` loads the whole result into pandas; this one
   streams chunks (``extract.extract_to_s3``) and renders its SQL file like any Airflow template.
 """
@@ -32,7 +34,7 @@ from airflow.providers.amazon.aws.operators.sagemaker import (
     serialize,
 )
 from airflow.providers.common.sql.sensors.sql import SqlSensor
-from airflow.sdk import Asset, AssetAlias, BaseOperator
+from airflow.sdk import Asset, AssetAlias, BaseOperator, BaseSensorOperator
 from airflow.sdk.exceptions import AirflowFailException, TaskDeferred
 
 from mlops_sagemaker.failures import JobFailed, Kind, failure_policy
@@ -523,3 +525,40 @@ class PrestoToS3Operator(BaseOperator):
             file_format=self.file_format,
             context_label=self.context_label,
         )
+
+
+@failure_policy
+class EndpointDeployedSensor(BaseSensorOperator):
+    """Waits (reschedule mode: no worker slot between pokes) until an endpoint serves the
+    requested endpoint config.
+
+    The provider's ``SageMakerEndpointSensor`` and its waiter report an update that SageMaker
+    rolled back (``InService`` on the *old* ``EndpointConfigName``) and ``UpdateRollbackFailed``
+    as success; here both fail the task with SageMaker's ``FailureReason`` and the config the
+    endpoint still serves (``endpoint_tasks.deployed``)."""
+
+    template_fields: Sequence[str] = ("endpoint_name", "endpoint_config_name")
+    ui_color = "#ead8f9"
+
+    def __init__(
+        self, *, aws_conn_id: str, endpoint_name: str, endpoint_config_name: str, **kwargs: Any
+    ) -> None:
+        super().__init__(**kwargs)
+        self.aws_conn_id = aws_conn_id
+        self.endpoint_name = endpoint_name
+        self.endpoint_config_name = endpoint_config_name
+
+    def poke(self, context: Any) -> bool:
+        """True once the endpoint serves the config; raises when it failed or rolled back."""
+        from airflow.providers.amazon.aws.hooks.sagemaker import SageMakerHook
+
+        from mlops_sagemaker.endpoint_tasks import deployed, describe_endpoint
+
+        conn = SageMakerHook(aws_conn_id=self.aws_conn_id).conn
+        described = describe_endpoint(conn, self.endpoint_name)
+        done = deployed(described, self.endpoint_name, self.endpoint_config_name)
+        if not done and described is not None:
+            pending = described.get("PendingDeploymentSummary") or {}
+            stage = [v.get("VariantStatus") for v in pending.get("ProductionVariants", [])]
+            self.log.info("%s is %s %s", self.endpoint_name, described["EndpointStatus"], stage)
+        return done
