@@ -105,7 +105,7 @@ def test_shipped_config_is_valid() -> None:
             "warn 0.5 > retrain 0.25",
         ),
         (
-            lambda r: (r.pop("training"), r.pop("batch_inference")),
+            lambda r: (r.pop("training"), r.pop("batch_inference"), r.pop("endpoint")),
             "<top level>",
             "no pipeline section",
         ),
@@ -160,12 +160,14 @@ def test_old_training_only_layout_says_where_each_field_moved(tmp_path: Path) ->
 def test_batch_without_training_needs_its_group_and_gate(tmp_path: Path) -> None:
     def batch_only(raw: dict) -> None:
         raw.pop("training")
+        raw.pop("endpoint")
 
     message = error_of(write(tmp_path, batch_only))
     assert "batch_inference.model.package_group is required without training" in message
 
     def batch_only_with_group(raw: dict) -> None:
         raw.pop("training")
+        raw.pop("endpoint")
         raw["batch_inference"]["model"]["package_group"] = "some-group"
         raw["batch_inference"]["approval"]["gate"] = {"metric": "auc", "threshold": 0.6}
 

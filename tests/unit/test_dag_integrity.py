@@ -114,6 +114,53 @@ def test_batch_inference_dag_shape_and_ui_metadata(parsed: dict) -> None:
     assert dag["retries"]["check"] == 0, "a failed output check must not be retried"
 
 
+def test_endpoint_dag_reads_like_the_deployment(parsed: dict) -> None:
+    dag = parsed["dags"]["mlops_tpch_orders_endpoint"]
+    assert dag["tags"] == ["endpoint", "mlops", "tpch_orders"]
+    assert dag["doc_md"] and "model_version" in dag["params"]
+    assert dag["top_level"] == ["version", "model", "staging", "production", "cleanup"]
+    steps = ["plan", "configure", "deploy", "wait", "scale", "smoke"]
+    assert [t for t in dag["tasks"] if t.startswith("staging.")] == [f"staging.{s}" for s in steps]
+    assert [t for t in dag["tasks"] if t.startswith("production.")] == [
+        "production.approve",
+        *[f"production.{s}" for s in steps],
+    ]
+    upstream = dag["upstream"]
+    assert upstream["production.approve"] == ["staging.smoke"], "production after staging passed"
+    assert upstream["production.plan"] == ["model", "production.approve", "version"]
+    assert dag["retries"]["staging.smoke"] == 0, "a failed smoke test rolls back, never retries"
+    teardown = parsed["dags"]["mlops_tpch_orders_endpoint_teardown"]
+    assert teardown["params"] == ["stage"] and teardown["tasks"] == ["teardown", "cleanup"]
+
+
+def test_approval_queue_adds_an_sqs_asset_watcher(tmp_path: Path) -> None:
+    url = "https://sqs.eu-west-1.amazonaws.com/123456789012/tpch-ord-approvals"
+    config = SHIPPED.replace(
+        "  # approval_events_queue_url: https", f"  approval_events_queue_url: {url}\n  # https"
+    )
+    assert url in config
+    include = _include_with(tmp_path, {"tpch_orders.yaml": config})
+    script = PARSE_SCRIPT.replace(
+        '"upstream": {',
+        '"watchers": [(a.name, [type(w.trigger).__name__ for w in a.watchers]) for a in '
+        'getattr(getattr(dag.timetable, "asset_condition", None), "objects", [])],\n'
+        '        "upstream": {',
+    )
+    env = {**os.environ, "PYTHONPATH": f"{ROOT / 'plugins'}{os.pathsep}{ROOT}"}
+    env["MLOPS_INCLUDE_DIR"] = str(include)
+    out = subprocess.run(
+        [sys.executable, "-c", script, str(ROOT / "dags")],
+        capture_output=True, text=True, env=env, timeout=300, check=True,
+    )  # fmt: skip
+    parsed = json.loads(out.stdout.strip().splitlines()[-1])
+    assert parsed["sockets"] == [] and parsed["errors"] == {}
+    watchers = dict(map(tuple, parsed["dags"]["mlops_tpch_orders_endpoint"]["watchers"]))
+    assert watchers == {
+        "mlops.tpch_orders.approved_versions": [],
+        "mlops.tpch_orders.registry_approvals": ["SqsSensorTrigger"],
+    }
+
+
 @pytest.mark.parametrize("mode", ["none", "auto", "airflow", "registry"])
 def test_each_approval_mode_builds_its_approve_group(tmp_path: Path, mode: str) -> None:
     config = SHIPPED.replace("    mode: auto  ", f"    mode: {mode}  ")
@@ -166,6 +213,8 @@ def test_one_bad_file_hides_no_other_use_case(tmp_path: Path) -> None:
     assert set(parsed["dags"]) == {
         "mlops_tpch_orders_training",
         "mlops_tpch_orders_batch_inference",
+        "mlops_tpch_orders_endpoint",
+        "mlops_tpch_orders_endpoint_teardown",
         "mlops_zz_bad_config_error",
     }
     assert "evaluation.threshold" in parsed["dags"]["mlops_zz_bad_config_error"]["doc"]
@@ -177,6 +226,8 @@ def test_yml_files_are_use_cases_too(tmp_path: Path) -> None:
     assert set(parsed["dags"]) == {
         "mlops_tpch_orders_training",
         "mlops_tpch_orders_batch_inference",
+        "mlops_tpch_orders_endpoint",
+        "mlops_tpch_orders_endpoint_teardown",
     }
 
 
