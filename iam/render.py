@@ -31,12 +31,15 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 TEMPLATES = {
     "airflow-role-policy": HERE / "airflow-role-policy.json",
+    # Attached to the same Airflow role when the use case has an endpoint section.
+    "airflow-endpoint-policy": HERE / "airflow-endpoint-policy.json",
     "sagemaker-execution-role-policy": HERE / "sagemaker-execution-role-policy.json",
     "sagemaker-execution-role-trust": HERE / "sagemaker-execution-role-trust.json",
 }
 _PLACEHOLDER = re.compile(r"\$\{(\w+)\}")
 _ROLE_ARN = re.compile(r"^arn:(?P<partition>[\w-]+):iam::(?P<account>\d{12}):role/[\w+=,.@/-]+$")
 _KEY_ID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+_QUEUE_URL = re.compile(r"^https?://[^/]+/(?P<account>\d{12})/(?P<name>[\w-]{1,80})$")
 _IMAGE = re.compile(r"^(?P<account>\d{12})\.dkr\.ecr\.(?P<region>[\w-]+)\.[\w.]+/(?P<repo>[^:@]+)")
 
 
@@ -57,6 +60,16 @@ def image_repository_arn(image_uri: str, partition: str) -> str:
         raise ValueError(f"{image_uri!r} is not an ECR image URI")
     region, account, repo = match.group("region", "account", "repo")
     return f"arn:{partition}:ecr:{region}:{account}:repository/{repo}"
+
+
+def queue_arn(url: str | None, partition: str, region: str) -> str:
+    """The SQS queue ARN of a queue URL (``https://sqs.<region>.amazonaws.com/<account>/<name>``)."""
+    if not url:
+        return ""
+    match = _QUEUE_URL.match(url)
+    if match is None:
+        raise ValueError(f"{url!r} is not an SQS queue URL (https://<host>/<account>/<name>)")
+    return f"arn:{partition}:sqs:{region}:{match.group('account')}:{match.group('name')}"
 
 
 def parameters(
@@ -82,6 +95,11 @@ def parameters(
         "KmsKeyArn": kms_key_arn(network.kms_key_id, partition, region, account),
         "VolumeKmsKeyArn": kms_key_arn(network.volume_kms_key_id, partition, region, account),
         "ImageRepositoryArn": image_repository_arn(image_uri, partition),
+        "ApprovalQueueArn": queue_arn(
+            config.endpoint.approval_events_queue_url if config.endpoint else None,
+            partition,
+            region,
+        ),
         "_Vpc": "yes" if network.vpc.subnets else "",
     }
 
@@ -104,7 +122,8 @@ def _substitute(value: Any, params: dict[str, str]) -> Any:
 
 def _applies(statement: dict[str, Any], params: dict[str, str]) -> bool:
     used = set(_PLACEHOLDER.findall(json.dumps(statement)))
-    if any(not params.get(name) for name in used & {"KmsKeyArn", "VolumeKmsKeyArn"}):
+    optional = {"KmsKeyArn", "VolumeKmsKeyArn", "ApprovalQueueArn"}
+    if any(not params.get(name) for name in used & optional):
         return False
     return not statement.get("Sid", "").startswith("Vpc") or bool(params.get("_Vpc"))
 
@@ -121,7 +140,8 @@ def render_all(config: Any, region: str, account_id: str | None = None) -> dict[
     from mlops_sagemaker.tasks import resolve_image
 
     params = parameters(config, region, resolve_image(config, region), account_id)
-    return {name: render(name, params) for name in TEMPLATES}
+    names = [n for n in TEMPLATES if config.endpoint is not None or "endpoint" not in n]
+    return {name: render(name, params) for name in names}
 
 
 def main(argv: list[str] | None = None) -> None:

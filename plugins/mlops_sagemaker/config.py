@@ -657,6 +657,13 @@ class UseCase(_Strict):
         endpoint = self.endpoint
         if endpoint is not None and self.training is None and not endpoint.model.package_group:
             raise ValueError("endpoint.model.package_group is required without training")
+        for stage in endpoint.stages if endpoint else []:
+            # The IAM policies scope endpoints to <short_name>-* (iam/airflow-endpoint-policy.json).
+            if stage.endpoint_name and not stage.endpoint_name.startswith(f"{self.short_name}-"):
+                raise ValueError(
+                    f"endpoint.stages {stage.name}: endpoint_name {stage.endpoint_name!r} must "
+                    f"start with {self.short_name}- (short_name)"
+                )
         batch = self.batch_inference
         if batch is not None and self.training is None:
             if not batch.model.package_group:

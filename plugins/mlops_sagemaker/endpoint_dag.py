@@ -25,11 +25,20 @@ from airflow.sdk import DAG, Asset, AssetWatcher, Param, TaskGroup, get_current_
 from mlops_sagemaker.config import Stage, UseCase
 from mlops_sagemaker.dag_kit import approved_versions_asset, default_args
 from mlops_sagemaker.failures import apply_policy
+from mlops_sagemaker.operators import THROUGH_STAGE_PARAM as THROUGH_PARAM
 from mlops_sagemaker.operators import EndpointDeployedSensor
 
 log = logging.getLogger(__name__)
 VERSION_PARAM = "model_version"
 STAGE_PARAM = "stage"
+
+
+def skip_beyond(config: UseCase, stage: Stage, params: Any) -> None:
+    """Skip ``stage`` (and so its downstream stages) when the run deploys only up to an
+    earlier stage (Param ``through_stage``)."""
+    from mlops_sagemaker.operators import skip_beyond_stage
+
+    skip_beyond_stage([s.name for s in config.need_endpoint().stages], stage.name, params)
 
 
 def registry_approvals_asset(config: UseCase) -> Asset:
@@ -118,7 +127,13 @@ def build_endpoint_dag(config: UseCase, include_dir: Path) -> DAG:
                 title="Model version",
                 description="Version number or model package ARN; empty: the triggering "
                 f"approval, else {section.model.selection}",
-            )
+            ),
+            THROUGH_PARAM: Param(
+                section.stages[-1].name,
+                enum=[s.name for s in section.stages],
+                title="Deploy through stage",
+                description="Later stages are skipped in this run",
+            ),
         },
         **_dag_kwargs(config),
     ) as dag:
@@ -180,8 +195,12 @@ def _version(config: UseCase) -> Any:
     @apply_policy
     def version() -> dict:
         """The Approved version to deploy (Param, triggering approval, or the selection)."""
-        from mlops_sagemaker.approval_events import approved_versions
         from mlops_sagemaker.endpoint_tasks import resolve_version
+
+        def approved_versions(extras: list) -> list:
+            from mlops_sagemaker.approval_events import approved_versions
+
+            return approved_versions(extras)
 
         context = get_current_context()
         conn = _clients(config)[0]
@@ -216,13 +235,14 @@ def _model(config: UseCase, version: Any) -> Any:
 
 
 def _approval(config: UseCase, stage: Stage, version: Any) -> Any:
-    from airflow.providers.standard.operators.hitl import ApprovalOperator
+    from mlops_sagemaker.operators import StageApprovalOperator
 
     approval = config.need_endpoint().approval
     previous = [s for s in config.need_endpoint().stages if s.name != stage.name]
     checked = previous[0].name if previous else "the previous stage"
-    return ApprovalOperator(
+    return StageApprovalOperator(
         task_id="approve",
+        stage_names=[s.name for s in config.need_endpoint().stages],
         subject=f"Deploy {config.use_case} to {config.endpoint_name(stage)}?",
         body=(
             "Version {{ ti.xcom_pull(task_ids='version')['version'] }} "
@@ -245,6 +265,7 @@ def _plan(config: UseCase, stage: Stage, model_name: Any, version: Any) -> Any:
         from mlops_sagemaker.endpoint_tasks import plan_stage
         from mlops_sagemaker.model_registry import ModelVersion
 
+        skip_beyond(config, stage, get_current_context()["params"])
         planned = plan_stage(config, stage, model_name, ModelVersion.from_xcom(version))
         log.info("Endpoint config %s for %s", planned.config_name, planned.endpoint_name)
         return planned.as_xcom()

@@ -34,6 +34,7 @@ from airflow.providers.amazon.aws.operators.sagemaker import (
     serialize,
 )
 from airflow.providers.common.sql.sensors.sql import SqlSensor
+from airflow.providers.standard.operators.hitl import ApprovalOperator
 from airflow.sdk import Asset, AssetAlias, BaseOperator, BaseSensorOperator
 from airflow.sdk.exceptions import AirflowFailException, TaskDeferred
 
@@ -562,3 +563,29 @@ class EndpointDeployedSensor(BaseSensorOperator):
             stage = [v.get("VariantStatus") for v in pending.get("ProductionVariants", [])]
             self.log.info("%s is %s %s", self.endpoint_name, described["EndpointStatus"], stage)
         return done
+
+
+THROUGH_STAGE_PARAM = "through_stage"
+
+
+def skip_beyond_stage(stage_names: list[str], stage: str, params: Any) -> None:
+    """Raise ``AirflowSkipException`` when ``stage`` comes after the run's ``through_stage``."""
+    from airflow.sdk.exceptions import AirflowSkipException
+
+    through = params.get(THROUGH_STAGE_PARAM) or stage_names[-1]
+    if through in stage_names and stage_names.index(stage) > stage_names.index(through):
+        raise AirflowSkipException(f"this run deploys through {through} only (Param)")
+
+
+class StageApprovalOperator(ApprovalOperator):
+    """The standard provider's ``ApprovalOperator`` for one endpoint stage: it asks only when
+    the run deploys that stage (Param ``through_stage``); otherwise the stage is skipped."""
+
+    def __init__(self, *, stage_names: list[str], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.stage_names = stage_names
+
+    def execute(self, context: Any) -> Any:
+        """Skip beyond ``through_stage``; else ask (the parent defers until answered)."""
+        skip_beyond_stage(self.stage_names, self.task_id.split(".")[0], context["params"])
+        return super().execute(context)

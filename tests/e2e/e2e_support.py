@@ -6,6 +6,9 @@ import json
 import shutil
 import socket
 import sqlite3
+import subprocess
+import sys
+import time
 import urllib.request
 from pathlib import Path
 
@@ -72,3 +75,89 @@ def policies_and_calls(calls: list[dict]) -> list[tuple[str, dict, list[dict]]]:
             ("execution-role", "sagemaker-execution-role-policy"),
         )
     ]
+
+
+def wait_for(what: str, check, timeout: float, proc: subprocess.Popen | None = None):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"the DAG run ended before {what}")
+        time.sleep(1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def api_server(stack: LocalStack, port: int, log: Path) -> subprocess.Popen:
+    env = {
+        **stack.airflow_env(),
+        "AIRFLOW__API__PORT": str(port),
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "True",
+    }
+    with open(log, "wb") as out:
+        return subprocess.Popen(
+            [str(Path(sys.executable).parent / "airflow"), "api-server", "--port", str(port)],
+            env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+
+
+def rest(url: str, method: str = "GET", body: dict | None = None, token: str | None = None):
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(
+        url,
+        method=method,
+        data=json.dumps(body).encode() if body is not None else None,
+        headers={
+            "Content-Type": "application/json",
+            **({"Authorization": f"Bearer {token}"} if token else {}),
+        },
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=10) as answer:
+            return json.loads(answer.read() or b"null")
+    except (urllib.error.URLError, ConnectionError, TimeoutError):
+        return None
+
+
+def dags_test(
+    stack: LocalStack, dag_id: str, ds: str, conf: dict | None = None, env: dict | None = None
+) -> tuple[int, str]:
+    """``airflow dags test dag_id ds --conf conf``: (exit code, output)."""
+    result = stack.airflow(
+        "dags", "test", dag_id, ds, "--conf", json.dumps(conf or {}), check=False, extra_env=env
+    )
+    return result.returncode, result.stdout + result.stderr
+
+
+def versions(stack: LocalStack, group: str) -> list[dict]:
+    """Every version of ``group``, described, oldest first."""
+    sm = stack.client("sagemaker")
+    listed = sm.list_model_packages(ModelPackageGroupName=group, SortBy="CreationTime")
+    return [
+        sm.describe_model_package(ModelPackageName=s["ModelPackageArn"])
+        for s in listed["ModelPackageSummaryList"]
+    ]
+
+
+def reregister(stack: LocalStack, arn: str, run_date: str, status: str, **replace: dict) -> str:
+    """A new version of ``arn``'s artifact registered as if trained for ``run_date`` (what a
+    retrain would register, without paying for another tuning job); ``replace`` swaps whole
+    request members (e.g. ``InferenceSpecification``, ``ModelMetrics``)."""
+    sm = stack.client("sagemaker")
+    source = sm.describe_model_package(ModelPackageName=arn)
+    properties = {**source["CustomerMetadataProperties"], "run_date": run_date}
+    properties["registration_key"] = f"test-{run_date}"
+    request = {
+        "ModelPackageGroupName": source["ModelPackageGroupName"],
+        "ModelPackageDescription": f"re-registered for {run_date}",
+        "ModelApprovalStatus": status,
+        "InferenceSpecification": source["InferenceSpecification"],
+        "ModelMetrics": source["ModelMetrics"],
+        "DriftCheckBaselines": source["DriftCheckBaselines"],
+        "CustomerMetadataProperties": properties,
+        **replace,
+    }
+    return sm.create_model_package(**request)["ModelPackageArn"]

@@ -11,16 +11,22 @@ from __future__ import annotations
 import gzip
 import io
 import json
-import os
 import sqlite3
 import subprocess
 import sys
-import time
 from pathlib import Path
 
+import e2e_support
 import pyarrow.parquet as pq
 import pytest
-from e2e_support import free_port, include_copy, policies_and_calls, recorded_calls, task_states
+from e2e_support import (
+    include_copy,
+    policies_and_calls,
+    recorded_calls,
+    rest,
+    task_states,
+    wait_for,
+)
 
 from local_stack.stack import LocalStack
 
@@ -43,11 +49,7 @@ def trained(stack: LocalStack) -> str:
 
 
 def dags_test(stack: LocalStack, dag_id: str, ds: str, conf: dict | None = None, env=None):
-    result = stack.airflow(
-        "dags", "test", dag_id, ds, "--conf", json.dumps({**FAST, **(conf or {})}),
-        check=False, extra_env=env,
-    )  # fmt: skip
-    return result.returncode, result.stdout + result.stderr
+    return e2e_support.dags_test(stack, dag_id, ds, {**FAST, **(conf or {})}, env)
 
 
 def mode(name: str, **extra: str) -> dict[str, str]:
@@ -57,29 +59,12 @@ def mode(name: str, **extra: str) -> dict[str, str]:
 
 
 def versions(stack: LocalStack) -> list[dict]:
-    sm = stack.client("sagemaker")
-    listed = sm.list_model_packages(ModelPackageGroupName=GROUP, SortBy="CreationTime")
-    return [
-        sm.describe_model_package(ModelPackageName=s["ModelPackageArn"])
-        for s in listed["ModelPackageSummaryList"]
-    ]
+    return e2e_support.versions(stack, GROUP)
 
 
 def reregister(stack: LocalStack, arn: str, run_date: str, status: str) -> str:
     """A new version of ``arn``'s artifact registered as if trained for ``run_date``."""
-    sm = stack.client("sagemaker")
-    source = sm.describe_model_package(ModelPackageName=arn)
-    properties = {**source["CustomerMetadataProperties"], "run_date": run_date}
-    properties["registration_key"] = f"test-{run_date}"
-    return sm.create_model_package(
-        ModelPackageGroupName=GROUP,
-        ModelPackageDescription=f"re-registered for {run_date}",
-        ModelApprovalStatus=status,
-        InferenceSpecification=source["InferenceSpecification"],
-        ModelMetrics=source["ModelMetrics"],
-        DriftCheckBaselines=source["DriftCheckBaselines"],
-        CustomerMetadataProperties=properties,
-    )["ModelPackageArn"]
+    return e2e_support.reregister(stack, arn, run_date, status)
 
 
 def counts(stack: LocalStack) -> dict[str, int]:
@@ -242,18 +227,6 @@ def test_a_truncated_output_fails_the_row_check_with_counts(stack, trained):
     assert states(stack, ds)["check"] == (1, "failed")
 
 
-def wait_for(what: str, check, timeout: float, proc: subprocess.Popen | None = None):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        if proc is not None and proc.poll() is not None:
-            raise AssertionError(f"the DAG run ended before {what}")
-        time.sleep(1)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def start_dags_test(stack: LocalStack, ds: str, env: dict, log: Path) -> subprocess.Popen:
     with open(log, "wb") as out:
         return subprocess.Popen(
@@ -287,57 +260,6 @@ def test_registry_mode_waits_until_the_version_is_approved_in_sagemaker(stack, t
     finally:
         run.kill()
     assert {r["model_package_arn"] for r in predictions(stack, ds)} == {pending}
-
-
-def api_server(stack: LocalStack, port: int, log: Path) -> subprocess.Popen:
-    env = {
-        **stack.airflow_env(),
-        "AIRFLOW__API__PORT": str(port),
-        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "True",
-    }
-    with open(log, "wb") as out:
-        return subprocess.Popen(
-            [str(Path(sys.executable).parent / "airflow"), "api-server", "--port", str(port)],
-            env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-        )  # fmt: skip
-
-
-def rest(url: str, method: str = "GET", body: dict | None = None, token: str | None = None):
-    import urllib.error
-    import urllib.request
-
-    request = urllib.request.Request(
-        url,
-        method=method,
-        data=json.dumps(body).encode() if body is not None else None,
-        headers={
-            "Content-Type": "application/json",
-            **({"Authorization": f"Bearer {token}"} if token else {}),
-        },
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=10) as answer:
-            return json.loads(answer.read() or b"null")
-    except (urllib.error.URLError, ConnectionError, TimeoutError):
-        return None
-
-
-@pytest.fixture(scope="module")
-def api(stack: LocalStack, tmp_path_factory: pytest.TempPathFactory):
-    """An API server on the runs' metadata DB: where the UI's approval answers go."""
-    port = free_port()
-    log = tmp_path_factory.mktemp("api") / "api-server.log"
-    server = api_server(stack, port, log)
-    base = f"http://localhost:{port}"
-    try:
-        wait_for("the API server", lambda: rest(f"{base}/api/v2/monitor/health"), 240, server)
-        # With simple_auth_manager_all_admins, GET /auth/token gives an admin token (user
-        # "Anonymous"), as the UI gets one without a login form.
-        answer = wait_for("a token", lambda: rest(f"{base}/auth/token"), 30)
-        yield base, answer["access_token"]
-    finally:
-        os.killpg(server.pid, 15)
-        server.wait(timeout=30)
 
 
 @pytest.mark.parametrize("answer", ["Approve", "Reject"])

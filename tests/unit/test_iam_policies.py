@@ -44,7 +44,9 @@ def config(all_options: bool = False):
         }
     )
     sagemaker = use_case.sagemaker.model_copy(update={"network": network})
-    return use_case.model_copy(update={"sagemaker": sagemaker})
+    queue = "https://sqs.us-east-1.amazonaws.com/123456789012/tpch-ord-approvals"
+    endpoint = use_case.endpoint.model_copy(update={"approval_events_queue_url": queue})
+    return use_case.model_copy(update={"sagemaker": sagemaker, "endpoint": endpoint})
 
 
 def rendered(all_options: bool = False) -> dict[str, dict]:
@@ -56,10 +58,23 @@ def rendered(all_options: bool = False) -> dict[str, dict]:
 def test_parliament_finds_nothing_wrong(all_options: bool) -> None:
     """The identity policies (parliament audits those; the trust policy is a resource policy)."""
     documents = rendered(all_options)
-    for name in ("airflow-role-policy", "sagemaker-execution-role-policy"):
+    for name in (
+        "airflow-role-policy",
+        "airflow-endpoint-policy",
+        "sagemaker-execution-role-policy",
+    ):
         document = documents[name]
         findings = parliament.analyze_policy_string(json.dumps(document)).findings
         assert [(f.issue, f.detail) for f in findings] == [], name
+
+
+def test_the_approval_queue_statement_only_with_a_queue() -> None:
+    def sids(all_options: bool) -> list[str]:
+        return [s["Sid"] for s in rendered(all_options)["airflow-endpoint-policy"]["Statement"]]
+
+    assert "ApprovalEventsQueueForTheTriggerer" not in sids(False)
+    statement = rendered(True)["airflow-endpoint-policy"]["Statement"][-1]
+    assert statement["Resource"] == "arn:aws:sqs:us-east-1:123456789012:tpch-ord-approvals"
 
 
 def test_every_placeholder_is_filled_and_names_are_scoped() -> None:
@@ -83,6 +98,7 @@ def test_kms_and_vpc_statements_appear_only_with_their_option() -> None:
     off, on = sids(rendered()), sids(rendered(all_options=True))
     optional = {"KmsForJobOutputsAndTheRepackedModel", "KmsOutputEncryption", "KmsVolumeEncryption"}
     optional |= {"VpcNetworkInterfaces", "VpcDescribeHasNoResourceLevelPermissions"}
+    optional |= {"ApprovalEventsQueueForTheTriggerer"}
     assert optional.isdisjoint(off)
     assert on - off == optional
     execution = rendered(all_options=True)["sagemaker-execution-role-policy"]
