@@ -42,6 +42,10 @@ NOT_EXERCISED_LOCALLY: dict[str, dict[str, str]] = {
             "reading job outputs encrypted with the config's kms_key_id (evaluation.json, "
             "baseline.json): moto's S3 does not enforce SSE-KMS permissions"
         ),
+        "iam:CreateServiceLinkedRole": (
+            "Application Auto Scaling creates its SageMaker service-linked role on the first "
+            "RegisterScalableTarget of an account; moto has no service-linked roles"
+        ),
     },
     "execution-role": {
         "logs:DescribeLogStreams": (

@@ -35,6 +35,10 @@ TEMPLATES = {
     "airflow-endpoint-policy": HERE / "airflow-endpoint-policy.json",
     "sagemaker-execution-role-policy": HERE / "sagemaker-execution-role-policy.json",
     "sagemaker-execution-role-trust": HERE / "sagemaker-execution-role-trust.json",
+    # Deployment guardrails read the rollback alarms with the execution role ("Auto-Rollback
+    # Configuration and Monitoring", SageMaker developer guide).
+    "sagemaker-execution-role-endpoint-policy": HERE
+    / "sagemaker-execution-role-endpoint-policy.json",
 }
 _PLACEHOLDER = re.compile(r"\$\{(\w+)\}")
 _ROLE_ARN = re.compile(r"^arn:(?P<partition>[\w-]+):iam::(?P<account>\d{12}):role/[\w+=,.@/-]+$")

@@ -1,5 +1,6 @@
-"""``make demo``: the loop so far on the local stack — train for a date, approve (``auto``),
-batch-score the next date — then a short summary of each.
+"""``make demo``: the whole loop on the local stack — train for a date, approve (``auto``),
+batch-score the next date, deploy the approved version to the staging endpoint — then a short
+summary of each and a few real-time predictions with their latency.
 
 Starts the Presto stand-in and the local AWS endpoint, creates the bucket, points Airflow's
 connections at them (SQLite metadata DB under ``.local/airflow``), runs the real training DAG for
@@ -75,13 +76,49 @@ def _print_batch(summary: dict) -> None:
     print(f"predictions:       {summary['predictions_uri']}")
 
 
-def _run(stack: LocalStack, dag_id: str, ds: str) -> tuple[int, float, str]:
+def _print_endpoint(stack: LocalStack, endpoint: str, group: str, rows: int = 5) -> None:
+    """A few real-time predictions of the deployed version's test rows, with their latency."""
+    sm, runtime = stack.client("sagemaker"), stack.client("sagemaker-runtime")
+    described = sm.describe_endpoint(EndpointName=endpoint)
+    config = sm.describe_endpoint_config(EndpointConfigName=described["EndpointConfigName"])
+    model = sm.describe_model(ModelName=config["ProductionVariants"][0]["ModelName"])
+    package = sm.describe_model_package(
+        ModelPackageName=model["PrimaryContainer"]["ModelPackageName"]
+    )
+    uri = package["ModelMetrics"]["ModelQuality"]["Statistics"]["S3Uri"]
+    bucket, key = uri.removeprefix("s3://").split("/", 1)
+    body = stack.client("s3").get_object(Bucket=bucket, Key=key)["Body"].read()
+    sample = json.loads(body)["test_sample"]
+    print("\n=== real-time endpoint ===")
+    print(
+        f"endpoint:          {endpoint} ({described['EndpointStatus']}, {described['EndpointConfigName']})"
+    )
+    print(f"model version:     {package['ModelPackageVersion']} of {group}")
+    print(f"{'orderkey':>10} {'probability':>20} {'evaluation said':>20} {'latency':>10}")
+    for i, row in enumerate(sample["rows"][:rows]):
+        started = time.perf_counter()
+        answer = runtime.invoke_endpoint(
+            EndpointName=endpoint, ContentType="text/csv", Accept="text/csv",
+            Body=",".join(map(repr, row)) + "\n",
+        )  # fmt: skip
+        elapsed = (time.perf_counter() - started) * 1000
+        probability = float(answer["Body"].read().decode().split(",")[1])
+        keys = sample.get("keys") or []
+        print(
+            f"{keys[i] if i < len(keys) else i:>10} {probability:>20.12f} "
+            f"{sample['probabilities'][i]:>20.12f} {elapsed:>8.1f}ms"
+        )
+
+
+def _run(
+    stack: LocalStack, dag_id: str, ds: str, conf: dict | None = None
+) -> tuple[int, float, str]:
     log_path = stack.home / "logs" / f"{dag_id}-{ds}.log"
     print(f"Running {dag_id} for {ds} with `airflow dags test` (log: {log_path}) ...", flush=True)
     started = time.monotonic()
     result = stack.airflow(
         "dags", "test", dag_id, ds,
-        "--conf", json.dumps({"sagemaker_check_interval_seconds": 1}),
+        "--conf", json.dumps(conf or {"sagemaker_check_interval_seconds": 1}),
         check=False,
     )  # fmt: skip
     output = result.stdout + result.stderr
@@ -127,6 +164,14 @@ def main() -> int:
         print(f"\nBatch run finished in {elapsed:.0f}s with exit code {code}")
         if code != 0 or not scored.get("predictions"):
             return _failed("batch-inference", output)
+        staging = config.need_endpoint().stages[0]
+        code, elapsed, output = _run(
+            stack, f"mlops_{USE_CASE}_endpoint", batch_ds, {"through_stage": staging.name}
+        )
+        if code != 0:
+            return _failed("endpoint", output)
+        _print_endpoint(stack, config.endpoint_name(staging), config.model_package_group)
+        print(f"\nEndpoint run (through {staging.name}) finished in {elapsed:.0f}s")
     print(f"Local stack stopped. Demo took {time.monotonic() - started:.0f}s in all.")
     return 0
 

@@ -156,8 +156,27 @@ def _s3_call(environ: dict[str, Any]) -> tuple[str, str, str]:
     return operation, action, resource
 
 
+_RPC_V2 = re.compile(r"^/service/[^/]+/operation/(?P<operation>\w+)$")
+
+
+def _cbor(body: bytes) -> dict[str, Any]:
+    """A Smithy RPC v2 CBOR body (CloudWatch's protocol in this botocore), decoded with
+    botocore's own CBOR reader."""
+    from botocore.parsers import RpcV2CBORParser
+
+    parser = RpcV2CBORParser()
+    try:
+        value = parser.parse_data_item(parser.get_peekable_stream_from_bytes(body))
+    except Exception:  # a body we cannot read is recorded without parameters
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
 def _json_or_query(environ: dict[str, Any], body: bytes) -> tuple[str, dict[str, Any]]:
-    """(operation, parameters) of a JSON (``X-Amz-Target``) or query-protocol request."""
+    """(operation, parameters) of a JSON (``X-Amz-Target``), RPC v2 CBOR or query request."""
+    rpc = _RPC_V2.match(environ.get("PATH_INFO", ""))
+    if rpc:
+        return rpc.group("operation"), _cbor(body) if body else {}
     target = environ.get("HTTP_X_AMZ_TARGET", "")
     if target:
         try:
@@ -181,6 +200,8 @@ def _resource(service: str, operation: str, params: dict[str, Any], path: str, w
         if rule and isinstance(params.get(rule[1]), str):
             return sagemaker_arn(where, rule[0], params[rule[1]])
         return "*"
+    if service == "monitoring" and isinstance(params.get("AlarmName"), str):
+        return f"arn:aws:cloudwatch:{where}:alarm:{params['AlarmName']}"
     if service == "logs" and params.get("logGroupName"):
         arn = f"arn:aws:logs:{where}:log-group:{params['logGroupName']}"
         stream = params.get("logStreamName")
@@ -188,9 +209,24 @@ def _resource(service: str, operation: str, params: dict[str, Any], path: str, w
     return "*"
 
 
+# CloudWatch actions authorized once per alarm they name (service authorization reference:
+# DeleteAlarms / DescribeAlarms on the ``alarm`` resource type).
+_PER_ALARM = ("DeleteAlarms", "DescribeAlarms")
+
+
+def _per_alarm(call: dict[str, Any], params: dict[str, Any], where: str) -> list[dict[str, Any]]:
+    names = params.get("AlarmNames")
+    if call["service"] != "monitoring" or call["operation"] not in _PER_ALARM or not names:
+        return [call]
+    return [{**call, "resource": f"arn:aws:cloudwatch:{where}:alarm:{n}"} for n in names]
+
+
 def _implied(call: dict[str, Any], params: dict[str, Any]) -> list[dict[str, Any]]:
-    """The dependent actions of a SageMaker create (see the module docstring)."""
+    """The dependent actions of a SageMaker create (see the module docstring), and
+    ``cloudwatch:TagResource`` of a PutMetricAlarm with tags (CloudWatch API reference)."""
     operation = call["operation"]
+    if call["service"] == "monitoring" and operation == "PutMetricAlarm" and params.get("Tags"):
+        return [{**call, "action": "cloudwatch:TagResource", "implied_by": operation}]
     if call["service"] != "sagemaker" or not operation.startswith("Create"):
         return []
     implied = []
@@ -249,12 +285,12 @@ def describe(environ: dict[str, Any], where: str) -> list[dict[str, Any]]:
     call = {
         "principal": principal,
         "service": service,
-        "action": action,
+        "action": action.replace("monitoring:", "cloudwatch:", 1),
         "operation": operation,
         "resource": resource,
         "context": context,
     }
-    return [call, *_implied(call, params)]
+    return [*_per_alarm(call, params, where), *_implied(call, params)]
 
 
 class CallRecorder:

@@ -61,20 +61,37 @@ def recorded_calls(stack: LocalStack) -> list[dict]:
         return json.load(answer)
 
 
-def policies_and_calls(calls: list[dict]) -> list[tuple[str, dict, list[dict]]]:
-    """``(role, its rendered policy for the shipped config, the recorded calls it made)``."""
+ENDPOINT_POLICIES = {
+    "airflow": "airflow-endpoint-policy",
+    "execution-role": "sagemaker-execution-role-endpoint-policy",
+}
+
+
+def rendered_policies() -> dict[str, dict]:
+    """Every policy template rendered for the shipped config."""
     from iam import render
     from mlops_sagemaker.config import load_use_case
 
-    config = load_use_case(ROOT / CONFIG)
-    policies = render.render_all(config, "us-east-1", "123456789012")
-    return [
-        (role, policies[template], [c for c in calls if c["principal"] == role])
-        for role, template in (
-            ("airflow", "airflow-role-policy"),
-            ("execution-role", "sagemaker-execution-role-policy"),
-        )
-    ]
+    return render.render_all(load_use_case(ROOT / CONFIG), "us-east-1", "123456789012")
+
+
+def policies_and_calls(
+    calls: list[dict], with_endpoint: bool = False
+) -> list[tuple[str, dict, list[dict]]]:
+    """``(role, its rendered policy for the shipped config, the recorded calls it made)``;
+    ``with_endpoint`` adds the endpoint DAG's policy of each role to its statements."""
+    policies = rendered_policies()
+    out = []
+    for role, template in (
+        ("airflow", "airflow-role-policy"),
+        ("execution-role", "sagemaker-execution-role-policy"),
+    ):
+        policy = policies[template]
+        if with_endpoint:
+            extra = policies[ENDPOINT_POLICIES[role]]["Statement"]
+            policy = {**policy, "Statement": [*policy["Statement"], *extra]}
+        out.append((role, policy, [c for c in calls if c["principal"] == role]))
+    return out
 
 
 def wait_for(what: str, check, timeout: float, proc: subprocess.Popen | None = None):

@@ -17,11 +17,13 @@ from pathlib import Path
 
 import pytest
 from e2e_support import (
+    ENDPOINT_POLICIES,
     ROOT,
     dags_test,
     include_copy,
     policies_and_calls,
     recorded_calls,
+    rendered_policies,
     reregister,
     rest,
     task_states,
@@ -248,19 +250,29 @@ def test_a_smoke_test_mismatch_rolls_the_endpoint_back(stack, trained, tmp_path)
     assert serves(stack) == served
 
 
-def test_cleanup_keeps_what_endpoints_use_and_the_newest_unused(stack, trained):
+def test_cleanup_keeps_what_endpoints_use_and_the_newest_unused(stack, trained, tmp_path):
+    """The failed runs above kept every config (cleanup runs only when nothing failed); the
+    next good run deletes what no endpoint serves beyond keep_unused (1)."""
     sm = stack.client("sagemaker")
-    configs = [
-        c["EndpointConfigName"]
-        for c in sm.list_endpoint_configs(MaxResults=100)["EndpointConfigs"]
-        if c["EndpointConfigName"].startswith("tpch-ord-staging-ec-")
-    ]
-    # Served + keep_unused (1): every failed deployment's config beyond that was deleted.
+
+    def ours(kind: str, key: str, prefix: str) -> list[str]:
+        listed = getattr(sm, f"list_{kind}")(MaxResults=100)[key]
+        names = [x[key[:-1] + "Name"] for x in listed]
+        return [n for n in names if n.startswith(prefix)]
+
+    assert len(ours("endpoint_configs", "EndpointConfigs", "tpch-ord-staging-ec-")) == 5
+    assert len(ours("models", "Models", "tpch-ord-mdl-")) == 5
+    served = package_of_model(stack, model_of(stack, serves(stack))).rsplit("/", 1)[1]
+    code, log = dags_test(stack, ENDPOINT, "2026-01-07", {"model_version": served}, env(tmp_path))
+    assert code == 0, log[-3000:]
+    configs = ours("endpoint_configs", "EndpointConfigs", "tpch-ord-staging-ec-")
     assert serves(stack) in configs and len(configs) == 2, configs
-    alarms = sm_alarms = stack.client("cloudwatch").describe_alarms(
-        AlarmNamePrefix="tpch-ord-staging-ec-"
-    )["MetricAlarms"]
-    assert {a["AlarmName"].rsplit("-", 1)[0] for a in sm_alarms} <= set(configs), alarms
+    alarms = stack.client("cloudwatch").describe_alarms(AlarmNamePrefix="tpch-ord-staging-ec-")
+    owners = {a["AlarmName"].rsplit("-", 1)[0] for a in alarms["MetricAlarms"]}
+    assert owners == set(configs), "the alarms went with their configs"
+    # The served config's model, the kept config's model and the newest other unused one.
+    models = ours("models", "Models", "tpch-ord-mdl-")
+    assert model_of(stack, serves(stack)) in models and len(models) == 3, models
 
 
 def _awaiting(stack: LocalStack, ds: str) -> str | None:
@@ -279,7 +291,7 @@ def _awaiting(stack: LocalStack, ds: str) -> str | None:
 @pytest.mark.parametrize("answer", ["Approve", "Reject"])
 def test_production_waits_for_an_approval_in_the_ui(stack, trained, api, tmp_path, answer):
     base, token = api
-    ds = {"Approve": "2026-01-07", "Reject": "2026-01-08"}[answer]
+    ds = {"Approve": "2026-01-08", "Reject": "2026-01-09"}[answer]
     newest = reregister(stack, trained, ds, "Approved")
     before = endpoint(stack, PRODUCTION)
     log = tmp_path / "dags-test.log"
@@ -311,7 +323,7 @@ def test_production_waits_for_an_approval_in_the_ui(stack, trained, api, tmp_pat
 
 
 def test_teardown_removes_the_stage_and_is_idempotent(stack, trained, tmp_path):
-    for ds in ("2026-01-09", "2026-01-10"):
+    for ds in ("2026-01-10", "2026-01-11"):
         code, log = dags_test(stack, TEARDOWN, ds, {"stage": "staging"}, env(tmp_path))
         assert code == 0, log[-3000:]
         assert endpoint(stack) is None
@@ -322,9 +334,13 @@ def test_teardown_removes_the_stage_and_is_idempotent(stack, trained, tmp_path):
     assert endpoint(stack, PRODUCTION)["EndpointStatus"] == "InService", "other stages stay"
 
 
-def test_iam_policies_grant_what_the_endpoint_runs_called(stack, trained):
-    """Every recorded AWS call of the endpoint runs is allowed by its role's policy."""
+def test_iam_policies_grant_exactly_what_the_endpoint_runs_called(stack, trained):
+    """Every recorded AWS call is allowed by its role's policies, and every grant of the
+    endpoint policies was used or is in ``iam.evaluate.NOT_EXERCISED_LOCALLY``."""
     from iam import evaluate
 
-    for role, policy, role_calls in policies_and_calls(recorded_calls(stack)):
+    policies = rendered_policies()
+    for role, policy, role_calls in policies_and_calls(recorded_calls(stack), with_endpoint=True):
         assert evaluate.denied(policy, role_calls) == [], f"{role} needs more"
+        extra = policies[ENDPOINT_POLICIES[role]]
+        assert evaluate.unused(extra, role_calls, role) == [], f"{role} gets more"
