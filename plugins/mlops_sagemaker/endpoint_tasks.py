@@ -308,7 +308,8 @@ def deploy(conn: Any, autoscaling: Any, plan: StagePlan, tags: list[dict[str, st
     status, current = described["EndpointStatus"], described["EndpointConfigName"]
     if status in IN_PROGRESS:
         if target in (current, _pending_config(described)):
-            return Deployment(name, target, None, "in-progress")
+            # A cleared task finds its own update in flight: the old config is still current.
+            return Deployment(name, target, current if current != target else None, "in-progress")
         raise EndpointBusy(
             f"Endpoint {name} is {status} (another deployment of {_pending_config(described) or current}"
             " is in flight): retrying later"

@@ -323,8 +323,9 @@ def test_production_waits_for_an_approval_in_the_ui(stack, trained, api, tmp_pat
 
 
 def test_teardown_removes_the_stage_and_is_idempotent(stack, trained, tmp_path):
+    environment = env(tmp_path)
     for ds in ("2026-01-10", "2026-01-11"):
-        code, log = dags_test(stack, TEARDOWN, ds, {"stage": "staging"}, env(tmp_path))
+        code, log = dags_test(stack, TEARDOWN, ds, {"stage": "staging"}, environment)
         assert code == 0, log[-3000:]
         assert endpoint(stack) is None
     targets = stack.client("application-autoscaling").describe_scalable_targets(

@@ -300,6 +300,25 @@ def test_evaluation_report_has_model_quality_metrics_and_baseline(pipeline: Pipe
     assert report["feature_columns"] == FEATURES
 
 
+def test_evaluation_keeps_a_test_sample_the_serving_stack_reproduces_exactly(
+    pipeline: Pipeline,
+) -> None:
+    """The endpoint smoke test's contract: the sample's rows, sent through the
+    sagemaker-inference toolkit as repr'd CSV, score exactly the probabilities evaluate.py
+    computed (same model, same image: the same floats)."""
+    sample = pipeline.evaluation["test_sample"]
+    assert sample["feature_columns"] == FEATURES
+    assert len(sample["rows"]) == len(sample["probabilities"]) == len(sample["keys"]) == 50
+    test = pipeline.test_frame
+    assert sample["keys"] == [int(k) for k in test[KEY].iloc[:50]]
+    body = "".join(",".join(repr(v) for v in row) + "\n" for row in sample["rows"])
+    result = pipeline.session.invoke(body.encode(), "text/csv", "text/csv")
+    _check(result, "text/csv")
+    got = [float(line.split(",")[1]) for line in result.body.decode().splitlines()]
+    # Not bit for bit: the forest adds its trees' votes in parallel threads, in any order.
+    assert np.abs(np.array(got) - np.array(sample["probabilities"])).max() <= 1e-12
+
+
 def test_evaluate_accepts_an_extracted_model_dir(
     pipeline: Pipeline, step_module: Callable[[str], ModuleType], tmp_path: Path
 ) -> None:
@@ -313,7 +332,12 @@ def test_evaluate_accepts_an_extracted_model_dir(
             str(tmp_path),
         ]
     )
-    assert report == pipeline.evaluation
+    sample, expected = report.pop("test_sample"), dict(pipeline.evaluation)
+    expected_sample = expected.pop("test_sample")
+    assert report == expected
+    assert sample["rows"] == expected_sample["rows"] and sample["keys"] == expected_sample["keys"]
+    diff = np.abs(np.array(sample["probabilities"]) - np.array(expected_sample["probabilities"]))
+    assert diff.max() <= 1e-12, "tree votes are summed in parallel: equal up to rounding"
 
 
 # ----------------------------------------------------------------------------- inference
