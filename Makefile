@@ -32,8 +32,11 @@ format: install
 	$(BIN)/ruff check --fix .
 
 # pytest exits 5 when it collected nothing: a suite that runs no test is a failure here.
+# Two workers (the machine's cores), one test module per worker at a time: a module's stack and
+# its tests' order stay together (TEST_WORKERS=0 runs everything in one process).
+TEST_WORKERS ?= 2
 test: lint
-	$(BIN)/pytest -q -p no:cacheprovider --durations=15; rc=$$?; \
+	$(BIN)/pytest -q -p no:cacheprovider --durations=15 -n $(TEST_WORKERS) --dist loadfile; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing" >&2; exit 1; fi; exit $$rc
 
 demo: install

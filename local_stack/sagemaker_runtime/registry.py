@@ -8,6 +8,9 @@
   ``Delete`` of groups, ``Create``/``Describe``/``List``/``Update``/``Delete`` of packages.
   Versions are numbered 1, 2, ... per group; ARNs follow
   ``arn:aws:sagemaker:<region>:<account>:model-package/<group lower>/<version>``.
+* A versioned package's ``ModelApprovalStatus`` change (its creation included) emits
+  SageMaker's "SageMaker Model Package State Change" event to moto's EventBridge
+  (``registry_events.py``), so EventBridge rules route it as on AWS.
 
 Errors follow what SageMaker answers (``ValidationException`` for unknown or duplicate names,
 with AWS's messages where the Airflow provider parses them).
@@ -18,7 +21,7 @@ from __future__ import annotations
 import copy
 from typing import TYPE_CHECKING, Any
 
-from local_stack.sagemaker_runtime import tags
+from local_stack.sagemaker_runtime import registry_events, tags
 from local_stack.sagemaker_runtime.api import (
     SageMakerError,
     action,
@@ -410,18 +413,7 @@ def create_model_package(runtime: Runtime, request: dict[str, Any]) -> dict[str,
             if not container.get("Image"):
                 raise validation_error("Each InferenceSpecification container needs an Image.")
     token = request.get("ClientToken")
-    record: dict[str, Any] = {
-        "CreationTime": now(),
-        "ModelPackageStatus": "Completed",
-        "ModelPackageStatusDetails": {"ValidationStatuses": [], "ImageScanStatuses": []},
-        "CertifyForMarketplace": bool(request.get("CertifyForMarketplace", False)),
-        "ModelApprovalStatus": approval,
-        "CreatedBy": {},
-        "_seq": _next_seq(runtime),
-    }
-    for key in _COPIED_FIELDS:
-        if key in request:
-            record[key] = copy.deepcopy(request[key])
+    record = _new_package_record(runtime, request, approval)
     with runtime.lock:
         store = runtime.store(PACKAGES)
         if token:
@@ -457,8 +449,28 @@ def create_model_package(runtime: Runtime, request: dict[str, Any]) -> dict[str,
         record["_client_token"] = token
         record["_group_request"] = group_value or request.get("ModelPackageName")
         store[arn] = record
+        created = public(record) if group_value else None
     tags.set_tags(runtime, arn, request.get("Tags"))
+    if created is not None:  # like AWS, a new version's status counts as a change
+        registry_events.emit_state_change(runtime, created, created["CreationTime"])
     return {"ModelPackageArn": arn}
+
+
+def _new_package_record(runtime: Runtime, request: dict[str, Any], approval: str) -> dict[str, Any]:
+    """A new package's record before it is numbered/named: statuses and the copied fields."""
+    record: dict[str, Any] = {
+        "CreationTime": now(),
+        "ModelPackageStatus": "Completed",
+        "ModelPackageStatusDetails": {"ValidationStatuses": [], "ImageScanStatuses": []},
+        "CertifyForMarketplace": bool(request.get("CertifyForMarketplace", False)),
+        "ModelApprovalStatus": approval,
+        "CreatedBy": {},
+        "_seq": _next_seq(runtime),
+    }
+    for key in _COPIED_FIELDS:
+        if key in request:
+            record[key] = copy.deepcopy(request[key])
+    return record
 
 
 @action("DescribeModelPackage")
@@ -519,6 +531,10 @@ def update_model_package(runtime: Runtime, request: dict[str, Any]) -> dict[str,
     if "ModelApprovalStatus" in request:
         _check_approval(request["ModelApprovalStatus"])
     with runtime.lock:
+        changed = (
+            request.get("ModelApprovalStatus", package["ModelApprovalStatus"])
+            != package["ModelApprovalStatus"]
+        )
         if "ModelApprovalStatus" in request:
             package["ModelApprovalStatus"] = request["ModelApprovalStatus"]
         if "ApprovalDescription" in request:
@@ -542,6 +558,10 @@ def update_model_package(runtime: Runtime, request: dict[str, Any]) -> dict[str,
             package["ModelPackageRegistrationType"] = request["ModelPackageRegistrationType"]
         package["LastModifiedTime"] = now()
         package["LastModifiedBy"] = {}
+        versioned = "ModelPackageGroupName" in package
+        updated = public(package) if changed and versioned else None
+    if updated is not None:
+        registry_events.emit_state_change(runtime, updated, updated["LastModifiedTime"])
     return {"ModelPackageArn": package["ModelPackageArn"]}
 
 

@@ -195,12 +195,8 @@ def _version(config: UseCase) -> Any:
     @apply_policy
     def version() -> dict:
         """The Approved version to deploy (Param, triggering approval, or the selection)."""
+        from mlops_sagemaker.approval_events import approved_versions
         from mlops_sagemaker.endpoint_tasks import resolve_version
-
-        def approved_versions(extras: list) -> list:
-            from mlops_sagemaker.approval_events import approved_versions
-
-            return approved_versions(extras)
 
         context = get_current_context()
         conn = _clients(config)[0]
@@ -209,7 +205,7 @@ def _version(config: UseCase) -> Any:
             config,
             str(context["params"].get(VERSION_PARAM) or ""),
             context.get("triggering_asset_events") or {},
-            approved_versions,
+            lambda extras: approved_versions(extras, group=config.model_package_group),
         )
         log.info("Deploying %s: %s (%s)", chosen.label(), chosen.arn, chosen.status)
         return chosen.as_xcom()

@@ -126,14 +126,14 @@ def test_model_latency_alarm_is_in_microseconds(tmp_path) -> None:
         (
             {"stages": [{"name": "a", "autoscaling": {"min_instances": 3, "max_instances": 2}}]},
             "min_instances 3 > max_instances 2",
-        ),  # fmt: skip
+        ),
         ({"stages": [{"name": "a", "deployment": {"type": "BLUE"}}]}, "stages.0.deployment.type"),
         ({"model": {"selection": "as_of_run_date"}}, "as_of_run_date has no run date here"),
         ({"smoke_test": {"rows": 0}}, "smoke_test.rows"),
         (
             {"stages": [{"name": "a", "deployment": {"max_execution_timeout_seconds": 60}}]},
             "max_execution_timeout_seconds",
-        ),  # fmt: skip
+        ),
         ({"stagez": []}, "endpoint.stagez: Extra inputs are not permitted"),
     ],
 )
