@@ -129,6 +129,11 @@ class LocalStack:
         repr=False,
     )
     clean: bool = field(default_factory=lambda: os.environ.get("LOCAL_STACK_CLEAN") == "1")
+    # The AWS endpoint's service clocks (CloudWatch periods, autoscaling): 0.05 makes a minute
+    # three seconds, for tests and demos of scaling.
+    time_scale: float = field(
+        default_factory=lambda: float(os.environ.get("LOCAL_SAGEMAKER_TIME_SCALE") or 1.0)
+    )
     _procs: list[subprocess.Popen] = field(default_factory=list)
     _aws: subprocess.Popen | None = None
 
@@ -237,6 +242,7 @@ class LocalStack:
         """Start the local AWS endpoint (on its saved state unless ``clean``) and wait for it."""
         args = ["local_stack.aws_endpoint", "--port", str(self.aws_port)]
         args += ["--workdir", str(self.aws_workdir), *(["--clean"] if clean else [])]
+        args += ["--time-scale", str(self.time_scale)]
         self._aws = aws = self._spawn("aws-endpoint", args)
         _wait_until(
             lambda: (

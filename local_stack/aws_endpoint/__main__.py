@@ -30,6 +30,12 @@ def main(argv: list[str] | None = None) -> None:
         action="store_true",
         help="keep the state in memory only (by default it is saved in WORKDIR/state)",
     )
+    parser.add_argument(
+        "--time-scale",
+        type=float,
+        default=1.0,
+        help="multiply the service's clocks (metric periods, autoscaling periods and cooldowns)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     endpoint = LocalAwsEndpoint(
@@ -40,6 +46,7 @@ def main(argv: list[str] | None = None) -> None:
         log_requests=True,
         persist=args.workdir is not None and not args.no_persist,
         clean=args.clean and args.workdir is not None,
+        time_scale=args.time_scale,
     )
     endpoint.start()
     print(f"local AWS endpoint ready on {endpoint.url}", flush=True)

@@ -283,10 +283,7 @@ def _redeploy_endpoints(runtime: Runtime, endpoints: Any) -> None:
 
 
 def _redeploy(runtime: Runtime, endpoints: Any, record: dict, config: dict, gen: int) -> None:
-    runtime.run_async(
-        f"endpoint-{record['EndpointName']}",
-        lambda: endpoints._create(runtime, record, config, gen),
-    )
+    endpoints.deploy_first_fleet(runtime, record, config, gen)
 
 
 # --- the saver ----------------------------------------------------------------------------------

@@ -14,7 +14,8 @@ record, so a test can compare what the DAGs really call with the IAM policies in
   their own with ``implied_by`` naming the operation.
 * ``principal`` says whose credentials signed it: ``execution-role`` for the SageMaker
   runtime's own clients and job processes (access key ``EXECUTION_ROLE_ACCESS_KEY_ID``, what
-  SageMaker does with the job's ``RoleArn``), ``airflow`` for the Amazon provider's hooks
+  SageMaker does with the job's ``RoleArn``), ``sagemaker-service`` for what the service does
+  as itself (endpoint metrics, autoscaling: ``SERVICE_ACCESS_KEY_ID``), ``airflow`` for the Amazon provider's hooks
   (their User-Agent carries ``Airflow/<version> AmPP/<provider version>``:
   ``AwsGenericHook._generate_user_agent_extra_field`` in apache-airflow-providers-amazon), and
   ``other`` for the rest (tests and tools inspecting the stack).
@@ -37,7 +38,10 @@ from typing import Any
 from urllib.parse import parse_qs, unquote
 from xml.sax.saxutils import unescape
 
-from local_stack.sagemaker_runtime.runtime import EXECUTION_ROLE_ACCESS_KEY_ID
+from local_stack.sagemaker_runtime.runtime import (
+    EXECUTION_ROLE_ACCESS_KEY_ID,
+    SERVICE_ACCESS_KEY_ID,
+)
 
 _CREDENTIAL = re.compile(r"Credential=([^/]+)/[^/]+/[^/]+/([^/]+)/aws4_request")
 _QUERY_CREDENTIAL = re.compile(r"X-Amz-Credential=([^/&]+)/[^/]+/[^/]+/([^/&]+)/aws4_request")
@@ -120,6 +124,8 @@ def sagemaker_arn(where: str, resource_type: str, name: str) -> str:
 def _principal(access_key: str | None, user_agent: str) -> str:
     if access_key == EXECUTION_ROLE_ACCESS_KEY_ID:
         return "execution-role"
+    if access_key == SERVICE_ACCESS_KEY_ID:
+        return "sagemaker-service"
     if "Airflow/" in user_agent and "AmPP/" in user_agent:
         return "airflow"
     return "other"

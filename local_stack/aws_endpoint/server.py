@@ -63,6 +63,7 @@ class LocalAwsEndpoint:
         log_requests: bool = False,
         persist: bool = False,
         clean: bool = False,
+        time_scale: float = 1.0,
     ) -> None:
         if (persist or clean) and workdir is None:
             raise ValueError("persist/clean need a workdir")
@@ -74,6 +75,7 @@ class LocalAwsEndpoint:
         self._requested_port = port
         self._workdir = workdir
         self._max_parallel = max_parallel_containers
+        self._time_scale = time_scale
         self._moto = DomainDispatcherApplication(create_backend_app)
         self._server: Any = None
         self._thread: threading.Thread | None = None
@@ -106,7 +108,12 @@ class LocalAwsEndpoint:
             workdir = Path(self._tmp.name)
         elif self._clean:
             shutil.rmtree(workdir, ignore_errors=True)
-        self.runtime = Runtime(workdir, self.url, max_parallel_containers=self._max_parallel)
+        self.runtime = Runtime(
+            workdir,
+            self.url,
+            max_parallel_containers=self._max_parallel,
+            time_scale=self._time_scale,
+        )
         self.recorder = CallRecorder(self.runtime.region, self.runtime.account_id)
         if self._persist:  # reload before the first request can see an empty endpoint
             self.persistence = StatePersistence(workdir, self.runtime)

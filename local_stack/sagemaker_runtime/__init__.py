@@ -13,6 +13,7 @@ ACTION_MODULES = (
     "local_stack.sagemaker_runtime.tags",
     "local_stack.sagemaker_runtime.registry",
     "local_stack.sagemaker_runtime.transform",
+    "local_stack.sagemaker_runtime.endpoint_configs",
     "local_stack.sagemaker_runtime.endpoints",
 )
 

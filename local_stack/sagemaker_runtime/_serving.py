@@ -359,6 +359,12 @@ class ModelServer:
         return list(self._tail)[-lines:]
 
     # --- requests ----------------------------------------------------------------------------
+    @property
+    def in_flight(self) -> int:
+        """How many requests the server is answering now."""
+        with self._lock:
+            return self._in_flight
+
     def try_acquire(self) -> bool:
         """Reserve the server for one request (``False`` when it is stopping)."""
         with self._lock:

@@ -27,6 +27,10 @@ from local_stack.sagemaker_runtime.faults import FaultInjector
 # (local_stack/aws_endpoint/recorder.py). The local endpoint accepts any key: not a secret.
 EXECUTION_ROLE_ACCESS_KEY_ID = "local-execution-role"
 EXECUTION_ROLE_SECRET_KEY = "local"
+# What SageMaker and Application Auto Scaling do as the service itself (publishing endpoint
+# metrics, scaling variants): no role of ours signs those calls on AWS, so the recorder keeps
+# them apart from the execution role's.
+SERVICE_ACCESS_KEY_ID = "local-sagemaker-service"
 
 
 class Runtime:
@@ -39,6 +43,7 @@ class Runtime:
         region: str = "us-east-1",
         account_id: str = "123456789012",
         max_parallel_containers: int | None = None,
+        time_scale: float = 1.0,
     ) -> None:
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -47,11 +52,14 @@ class Runtime:
         self.account_id = account_id
         self.lock = threading.RLock()
         self.faults = FaultInjector()
+        # Multiplies the service's own clocks (metric periods, autoscaling evaluation periods
+        # and cooldowns) so that tests see minutes of AWS behaviour in seconds.
+        self.time_scale = float(time_scale)
         self._stores: dict[str, dict[str, dict[str, Any]]] = {}
         self._slots = threading.BoundedSemaphore(max_parallel_containers or os.cpu_count() or 2)
         self._threads: list[threading.Thread] = []
         self._stopping = threading.Event()
-        self._clients: dict[str, Any] = {}
+        self._clients: dict[tuple[str, str], Any] = {}
         self._client_lock = threading.Lock()
         self._shutdown_hooks: list[Callable[[], None]] = []
 
@@ -83,26 +91,28 @@ class Runtime:
         return f"arn:aws:sagemaker:{self.region}:{self.account_id}:{resource}/{name.lower()}"
 
     # --- AWS clients for the rest of the local endpoint (moto) -------------------------------
-    def client(self, service: str) -> Any:
-        """A boto3 client for ``service`` on this same local endpoint (S3, logs, ...).
+    def client(self, service: str, as_service: bool = False) -> Any:
+        """A boto3 client for ``service`` on this same local endpoint (S3, logs, ...), signed
+        as the execution role, or as SageMaker itself with ``as_service``.
 
         Clients are created once per service under a lock (creating clients from several
         threads at once through boto3's default session is not thread-safe) and shared:
         using a botocore client from several threads is safe."""
+        key = SERVICE_ACCESS_KEY_ID if as_service else EXECUTION_ROLE_ACCESS_KEY_ID
         with self._client_lock:
-            client = self._clients.get(service)
+            client = self._clients.get((service, key))
             if client is None:
                 client = boto3.session.Session().client(
                     service,
                     endpoint_url=self.endpoint_url,
                     region_name=self.region,
-                    aws_access_key_id=EXECUTION_ROLE_ACCESS_KEY_ID,
+                    aws_access_key_id=key,
                     aws_secret_access_key=EXECUTION_ROLE_SECRET_KEY,
                     config=Config(
                         retries={"max_attempts": 5, "mode": "standard"}, max_pool_connections=50
                     ),
                 )
-                self._clients[service] = client
+                self._clients[(service, key)] = client
             return client
 
     # --- execution ---------------------------------------------------------------------------
@@ -113,6 +123,19 @@ class Runtime:
             self._threads = [t for t in self._threads if t.is_alive()]
             self._threads.append(thread)
         thread.start()
+
+    def every(self, name: str, seconds: float, fn: Callable[[], None]) -> None:
+        """Run ``fn`` every ``seconds`` in a daemon thread until shutdown; an exception is
+        logged and the next round still runs."""
+
+        def loop() -> None:
+            while not self._stopping.wait(seconds):
+                try:
+                    fn()
+                except Exception:
+                    logging.getLogger(__name__).exception("periodic task %s failed", name)
+
+        self.run_async(name, loop)
 
     @contextlib.contextmanager
     def container_slot(self) -> Iterator[None]:
