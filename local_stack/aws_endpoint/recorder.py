@@ -30,6 +30,7 @@ Only path-style addressing is parsed (what botocore uses with an IP ``endpoint_u
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import re
@@ -110,7 +111,21 @@ _SAGEMAKER_RESOURCES: dict[str, tuple[str, str]] = {
     "DescribeEndpoint": ("endpoint", "EndpointName"),
     "UpdateEndpoint": ("endpoint", "EndpointName"),
     "InvokeEndpoint": ("endpoint", "EndpointName"),
+    "DeleteEndpoint": ("endpoint", "EndpointName"),
+    "DeleteEndpointConfig": ("endpoint-config", "EndpointConfigName"),
+    "DeleteModel": ("model", "ModelName"),
 }
+
+# Application Auto Scaling actions authorized on the ``scalable-target`` resource type
+# (service authorization reference, "Actions defined by Application Auto Scaling":
+# https://docs.aws.amazon.com/service-authorization/latest/reference/
+# list_applicationautoscaling.html); the Describe* actions have no resource-level permissions.
+_SCALABLE_TARGET_ACTIONS = (
+    "RegisterScalableTarget",
+    "DeregisterScalableTarget",
+    "PutScalingPolicy",
+    "DeleteScalingPolicy",
+)
 
 
 def sagemaker_arn(where: str, resource_type: str, name: str) -> str:
@@ -206,6 +221,8 @@ def _resource(service: str, operation: str, params: dict[str, Any], path: str, w
         if rule and isinstance(params.get(rule[1]), str):
             return sagemaker_arn(where, rule[0], params[rule[1]])
         return "*"
+    if service == "application-autoscaling" and operation in _SCALABLE_TARGET_ACTIONS:
+        return _scalable_target_arn(params, where)
     if service == "monitoring" and isinstance(params.get("AlarmName"), str):
         return f"arn:aws:cloudwatch:{where}:alarm:{params['AlarmName']}"
     if service == "logs" and params.get("logGroupName"):
@@ -213,6 +230,16 @@ def _resource(service: str, operation: str, params: dict[str, Any], path: str, w
         stream = params.get("logStreamName")
         return f"{arn}:log-stream:{stream}" if stream else f"{arn}:log-stream:"
     return "*"
+
+
+def _scalable_target_arn(params: dict[str, Any], where: str) -> str:
+    """A scalable target's ARN. AWS gives each target an opaque id (``scalable-target/<id>``),
+    so a policy can only name them all; a digest of the target stands in for that id."""
+    target = "|".join(
+        str(params.get(k, "")) for k in ("ServiceNamespace", "ResourceId", "ScalableDimension")
+    )
+    digest = hashlib.sha256(target.encode()).hexdigest()[:32]
+    return f"arn:aws:application-autoscaling:{where}:scalable-target/{digest}"
 
 
 # CloudWatch actions authorized once per alarm they name (service authorization reference:

@@ -35,7 +35,8 @@ def include_copy(
     path = include / "config" / "tpch_orders.yaml"
     text = path.read_text()
     for old, new in (replacements or {}).items():
-        assert old in text, old
+        # exactly once: a replacement meant for one section must not silently edit another
+        assert text.count(old) == 1, f"{old!r} occurs {text.count(old)} times in the config"
         text = text.replace(old, new)
     path.write_text(text)
     for name, body in (sql or {}).items():

@@ -239,7 +239,7 @@ def start_dags_test(stack: LocalStack, ds: str, env: dict, log: Path) -> subproc
 def test_registry_mode_waits_until_the_version_is_approved_in_sagemaker(stack, trained, tmp_path):
     ds = "1996-08-02"
     pending = reregister(stack, trained, "1996-08-01", "PendingManualApproval")
-    timeout = "    response_timeout_seconds: 86400"
+    timeout = "    response_timeout_seconds: 86400   # airflow mode"
     fast_poke = {timeout: "    poke_interval_seconds: 5\n" + timeout}
     env = include_copy(tmp_path, mode("registry", **fast_poke))
     log = tmp_path / "dags-test.log"

@@ -96,7 +96,11 @@ def test_throttling_past_boto_retries_is_transient_and_named(stack, tmp_path) ->
     ds = "1994-07-07"
     env = include_copy(
         tmp_path,
-        {"  retries: 2\n": "  retries: 1\n", "retry_delay_seconds: 300": "retry_delay_seconds: 1"},
+        {
+            "    retries: 2\n    retry_delay_seconds: 300\n  query: training.sql": (
+                "    retries: 1\n    retry_delay_seconds: 1\n  query: training.sql"
+            )
+        },
     )
     stack.faults({"throttle": {"CreateProcessingJob": 1000}})
     try:

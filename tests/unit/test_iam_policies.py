@@ -116,13 +116,12 @@ def test_not_exercised_allow_list_only_names_granted_actions() -> None:
         ("airflow", ("airflow-role-policy", "airflow-endpoint-policy")),
         ("execution-role", ("sagemaker-execution-role-policy",)),
     ):
-        granted = {
-            a
-            for t in templates
-            for s in documents[t]["Statement"]
-            for a in evaluate._as_list(s["Action"])
+        statements = [s for t in templates for s in documents[t]["Statement"]]
+        actions = {a for s in statements for a in evaluate._as_list(s["Action"])}
+        grants = {
+            f"{s.get('Sid')}: {a}" for s in statements for a in evaluate._as_list(s["Action"])
         }
-        assert set(evaluate.NOT_EXERCISED_LOCALLY[role]) <= granted, role
+        assert set(evaluate.NOT_EXERCISED_LOCALLY[role]) <= actions | grants, role
 
 
 def test_evaluator_denies_what_iam_would_deny() -> None:
@@ -185,6 +184,44 @@ def test_recorder_maps_requests_to_iam_actions_and_principals() -> None:
         ),
     ]
     assert calls[3]["context"] == {"s3:prefix": "p/"}
+
+
+def test_recorder_scopes_deletes_and_scaling_calls_to_their_resources() -> None:
+    """Deletes of endpoint resources name them; scalable-target actions are evaluated on a
+    ``scalable-target`` ARN (never ``*``), one per target; describes stay ``*``."""
+    with LocalAwsEndpoint(port=0) as endpoint:
+        common = {"endpoint_url": endpoint.url, "region_name": "us-east-1"}
+        keys = {"aws_access_key_id": "local", "aws_secret_access_key": "x"}
+        sm = boto3.client("sagemaker", **common, **keys)
+        scaling = boto3.client("application-autoscaling", **common, **keys)
+        for delete, name in (
+            (sm.delete_endpoint, {"EndpointName": "Ep-A"}),
+            (sm.delete_endpoint_config, {"EndpointConfigName": "Cfg-A"}),
+            (sm.delete_model, {"ModelName": "Model-A"}),
+        ):
+            with pytest.raises(sm.exceptions.ClientError):
+                delete(**name)
+        for variant in ("a", "b"):
+            scaling.register_scalable_target(
+                ServiceNamespace="sagemaker",
+                ResourceId=f"endpoint/ep/variant/{variant}",
+                ScalableDimension="sagemaker:variant:DesiredInstanceCount",
+                MinCapacity=1,
+                MaxCapacity=2,
+            )
+        scaling.describe_scalable_targets(ServiceNamespace="sagemaker")
+        calls = endpoint.recorder.calls()
+    where = "us-east-1:123456789012"
+    assert [c["resource"] for c in calls[:3]] == [
+        f"arn:aws:sagemaker:{where}:endpoint/ep-a",
+        f"arn:aws:sagemaker:{where}:endpoint-config/cfg-a",
+        f"arn:aws:sagemaker:{where}:model/model-a",
+    ]
+    first, second, described = calls[3:]
+    prefix = f"arn:aws:application-autoscaling:{where}:scalable-target/"
+    assert first["resource"].startswith(prefix) and second["resource"].startswith(prefix)
+    assert first["resource"] != second["resource"]
+    assert described["resource"] == "*"
 
 
 def test_parliament_catches_a_list_action_scoped_to_a_resource() -> None:
