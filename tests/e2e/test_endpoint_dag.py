@@ -185,12 +185,15 @@ def test_canary_update_to_a_second_version(stack, trained, tmp_path):
 def test_a_model_that_cannot_load_is_rolled_back_and_the_task_names_the_config_served(
     stack, trained, tmp_path
 ):
-    s3 = stack.client("s3")
-    s3.put_object(Bucket=stack.bucket, Key="broken/model.tar.gz", Body=b"not a tarball")
     spec = stack.client("sagemaker").describe_model_package(ModelPackageName=trained)[
         "InferenceSpecification"
     ]
-    spec["Containers"][0]["ModelDataUrl"] = f"s3://{stack.bucket}/broken/model.tar.gz"
+    # Beside the real artifact, so the execution role's use-case prefix grant covers it.
+    good = spec["Containers"][0]["ModelDataUrl"]
+    bucket, key = good.removeprefix("s3://").split("/", 1)
+    broken_key = key.rsplit("/", 1)[0] + "/broken-model.tar.gz"
+    stack.client("s3").put_object(Bucket=bucket, Key=broken_key, Body=b"not a tarball")
+    spec["Containers"][0]["ModelDataUrl"] = f"s3://{bucket}/{broken_key}"
     broken = reregister(stack, trained, "1996-04-30", "Approved", InferenceSpecification=spec)
     served = serves(stack)
     code, log = dags_test(stack, ENDPOINT, "2026-01-04", {}, env(tmp_path))
