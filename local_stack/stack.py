@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import datetime
 import json
 import os
 import secrets
@@ -146,6 +147,27 @@ class LocalStack:
     def presto_ca_path(self) -> Path:
         """The stand-in's self-signed certificate (written when it starts)."""
         return self.home / "presto-tls" / "ca.pem"
+
+    @property
+    def _presto_visible_up_to_file(self) -> Path:
+        # In the folder start() empties, so a date set in an earlier run never hides data.
+        return self.presto_ca_path.parent / "visible-up-to"
+
+    def set_presto_visible_up_to(self, day: datetime.date | None) -> None:
+        """Make the stand-in's TPC-H data look loaded only up to ``day`` (inclusive).
+
+        Orders dated after ``day`` and their line items are invisible to every query from the
+        next one on, as if not landed yet; ``None`` makes all data visible again (the state
+        after ``start()``, which clears it).
+        """
+        path = self._presto_visible_up_to_file
+        if day is None:
+            path.unlink(missing_ok=True)
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(f"{path.name}.partial")
+        partial.write_text(f"{day.isoformat()}\n", encoding="utf-8")
+        os.replace(partial, path)  # atomic: the stand-in never reads a half-written date
 
     @property
     def airflow_home(self) -> Path:
@@ -271,7 +293,8 @@ class LocalStack:
             "presto-standin",
             ["local_stack.presto_standin", "--port", str(self.presto_port),
              "--schemas", self.presto_schemas, "--eager", "tiny",
-             "--tls", "--tls-dir", str(self.presto_ca_path.parent)],
+             "--tls", "--tls-dir", str(self.presto_ca_path.parent),
+             "--visible-up-to-file", str(self._presto_visible_up_to_file)],
             env={"PRESTO_STANDIN_USERS": f"{self.presto_user}:{self.presto_password}"},
         )  # fmt: skip
         self.start_aws(clean=self.clean)

@@ -3,6 +3,9 @@
 HTTPS with users: ``PRESTO_STANDIN_USERS=airflow:secret python -m local_stack.presto_standin
 --tls --tls-dir .local/presto-tls`` (passwords come from the environment, never the command line;
 the certificate to trust is ``<tls-dir>/ca.pem``).
+
+Data that lands later: ``--visible-up-to-file PATH``; while PATH holds an ISO date D, orders
+dated after D and their line items are invisible (checked on every query).
 """
 
 from __future__ import annotations
@@ -40,6 +43,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--page-rows", type=int, default=1000, help="rows per result page")
     parser.add_argument("--tls", action="store_true", help="serve HTTPS (self-signed certificate)")
     parser.add_argument("--tls-dir", help="where to write ca.pem and key.pem (default: temporary)")
+    parser.add_argument(
+        "--visible-up-to-file",
+        help="file that may hold an ISO date D: orders after D and their line items are hidden",
+    )
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
 
@@ -60,6 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         users=users,
         tls=args.tls,
         tls_dir=args.tls_dir,
+        visible_up_to_file=args.visible_up_to_file,
     )
     standin.start()
     trust = f", certificate {standin.ca_path}" if standin.ca_path else ""

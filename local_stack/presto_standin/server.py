@@ -25,6 +25,8 @@ Queries a client abandons (no request for ``abandon_after`` seconds) are closed,
 Fault injection for tests: a comment ``/* standin:fail */`` in the SQL makes the query fail with
 ``GENERIC_INTERNAL_ERROR``; ``/* standin:fail after_pages=2 error=NAME */`` fails it after two
 pages with the named Presto error; ``/* standin:delay_ms=200 */`` waits before each page.
+Data that lands later: with ``visible_up_to_file`` holding a date D, orders dated after D and
+their line items are invisible (``visibility.py``).
 """
 
 from __future__ import annotations
@@ -56,6 +58,7 @@ from .catalog import CATALOG, TpchCatalog
 from .errors import PrestoError
 from .translate import DuckDBPlan, Session, StaticPlan, Translator, parse_prepared_header
 from .types import Encoder, encode_rows, presto_type, simple_type
+from .visibility import VisibleUpToFile
 
 log = logging.getLogger(__name__)
 
@@ -221,6 +224,9 @@ class PrestoStandin:
     :param tls: serve HTTPS with a self-signed certificate made at start (:attr:`ca_path`).
     :param tls_dir: where to write ``ca.pem`` and ``key.pem`` (default: a temporary folder,
         removed on stop).
+    :param visible_up_to_file: a text file holding an ISO date D, checked on every query: while
+        it exists, ``orders`` rows dated after D and their ``lineitem`` rows are invisible, as
+        if not loaded yet. Without it (the default) all data is visible.
     """
 
     def __init__(
@@ -238,6 +244,7 @@ class PrestoStandin:
         users: Mapping[str, str] | None = None,
         tls: bool = False,
         tls_dir: str | Path | None = None,
+        visible_up_to_file: str | Path | None = None,
     ) -> None:
         if page_rows < 1:
             raise ValueError("page_rows must be at least 1")
@@ -259,7 +266,10 @@ class PrestoStandin:
         self.retain_finished = retain_finished
         self.poll_wait = poll_wait
         self.catalog: TpchCatalog | None = None
-        self.translator = Translator(self.schemas)
+        self.visible_up_to = VisibleUpToFile(visible_up_to_file) if visible_up_to_file else None
+        self.translator = Translator(
+            self.schemas, self.visible_up_to.read if self.visible_up_to else None
+        )
         self._queries: dict[str, _Query] = {}
         self._registry_lock = threading.Lock()
         self._httpd: ThreadingHTTPServer | None = None

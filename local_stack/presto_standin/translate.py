@@ -18,7 +18,9 @@ A statement goes through these steps:
    zero fails as in Presto instead of giving NULL as in DuckDB; day-or-coarser arithmetic and
    truncation of a known DATE stays a DATE (DuckDB would make it a TIMESTAMP); unnamed output
    columns are named ``_col0``, ``_col1`` ... as Presto names them.
-5. sqlglot writes DuckDB SQL with ``unsupported_level=RAISE``: anything it cannot translate is a
+5. With a "visible up to" date D (``visibility.py``), ``orders`` and ``lineitem`` are read
+   through a filter hiding the orders dated after D and their line items (data not landed yet).
+6. sqlglot writes DuckDB SQL with ``unsupported_level=RAISE``: anything it cannot translate is a
    ``NOT_SUPPORTED`` error naming the problem.
 """
 
@@ -26,7 +28,9 @@ from __future__ import annotations
 
 import re
 import urllib.parse
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import date
 from typing import Any
 
 import sqlglot
@@ -113,10 +117,18 @@ Plan = DuckDBPlan | StaticPlan
 
 
 class Translator:
-    """Turns Presto statements into plans for the configured ``tpch`` schemas."""
+    """Turns Presto statements into plans for the configured ``tpch`` schemas.
 
-    def __init__(self, schemas: tuple[str, ...]) -> None:
+    ``visible_up_to`` returns the "visible up to" date for each query (``None``: all data).
+    """
+
+    def __init__(
+        self,
+        schemas: tuple[str, ...],
+        visible_up_to: Callable[[], date | None] | None = None,
+    ) -> None:
         self.schemas = schemas
+        self.visible_up_to = visible_up_to
 
     # -- entry point -------------------------------------------------------------------------
 
@@ -219,6 +231,10 @@ class Translator:
         _guard_divisions(tree)
         _keep_date_arithmetic_dates(tree)
         _name_outputs(tree)
+        # Last, so that the checks above and their error locations see the query as written.
+        day = self.visible_up_to() if self.visible_up_to is not None else None
+        if day is not None:
+            _hide_unlanded(tree, day)
         try:
             duck = tree.sql(dialect="duckdb", unsupported_level=ErrorLevel.RAISE)
         except UnsupportedError as err:
@@ -468,6 +484,45 @@ def _name_outputs(tree: exp.Expression) -> None:
         else:
             named.append(exp.alias_(projection, f"_col{index}"))
     select.set("expressions", named)
+
+
+def _landed_orders(day: date) -> exp.Expression:
+    return exp.column("orderdate") <= exp.cast(exp.Literal.string(day.isoformat()), "date")
+
+
+def _hide_unlanded(tree: exp.Expression, day: date) -> None:
+    """Read ``orders`` and ``lineitem`` through filters that hide what lands after ``day``.
+
+    Each resolved reference ``tpch.<schema>.orders`` becomes ``(SELECT * FROM
+    tpch.<schema>.orders WHERE orderdate <= DATE 'day') AS <its alias or orders>``, and
+    ``lineitem`` keeps the rows whose ``orderkey`` is among those orders. The subquery takes the
+    table's alias (with column aliases) and name, so the query's column references still bind;
+    only qualifiers naming the schema (``tiny.orders.orderkey``) are shortened to the table name.
+    """
+    renamed: set[str] = set()
+    for table in list(tree.find_all(exp.Table)):
+        # Resolved TPC-H tables have a catalog; CTE references were left without one.
+        if table.catalog != tpch.CATALOG or table.name not in ("orders", "lineitem"):
+            continue
+        inner = table.copy()
+        inner.set("alias", None)
+        inner.set("pivots", None)
+        if table.name == "orders":
+            condition = _landed_orders(day)
+        else:
+            orders = exp.table_("orders", db=table.db, catalog=tpch.CATALOG)
+            landed = exp.select("orderkey").from_(orders).where(_landed_orders(day))
+            condition = exp.column("orderkey").isin(query=landed)
+        alias = table.args.get("alias")
+        if alias is None:
+            alias = exp.TableAlias(this=exp.to_identifier(table.name))
+            renamed.add(table.name)
+        visible = exp.select("*").from_(inner).where(condition)
+        table.replace(exp.Subquery(this=visible, alias=alias, pivots=table.args.get("pivots")))
+    for column in tree.find_all(exp.Column):
+        if column.table in renamed and column.args.get("db") is not None:
+            column.set("db", None)
+            column.set("catalog", None)
 
 
 def _split_top_level(text: str, tokens: list[Token]) -> list[str]:

@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import date, datetime
 from pathlib import Path
@@ -19,6 +20,7 @@ import requests
 from prestodb.exceptions import HttpError, PrestoQueryError, PrestoUserError
 
 from local_stack.presto_standin import PrestoStandin
+from local_stack.stack import LocalStack
 
 ROOT = Path(__file__).resolve().parents[2]
 SQL_DIR = ROOT / "include" / "sql" / "tpch_orders"
@@ -403,6 +405,165 @@ def test_data_arrival_query_runs(presto, presto_conn, ds, landed):
         data_interval_start=datetime.fromisoformat(ds),
     )
     assert PrestoHook().get_first(sql) == [landed]
+
+
+# -- data that lands later ("visible up to" date) ----------------------------------------------
+
+# tpch.tiny (dbgen sf 0.01): all of it, and what is dated up to a day (orders, their line items).
+FULL = (15000, 60175)
+UP_TO = {
+    date(1995, 6, 16): (7843, 31572),
+    date(1995, 6, 17): (7851, 31607),  # 8 orders on 1995-06-17, 35 line items
+    date(1998, 8, 1): (14993, 60144),  # the last day, 1998-08-02, has 7 orders
+}
+
+
+@pytest.fixture(scope="module")
+def landing_home(tmp_path_factory) -> Path:
+    """The ``home`` of a (not started) local stack whose visible-up-to file the stand-in reads."""
+    return tmp_path_factory.mktemp("local-stack-home")
+
+
+@pytest.fixture(scope="module")
+def presto_landing(landing_home) -> Iterator[PrestoStandin]:
+    """A stand-in reading the visible-up-to file where ``LocalStack`` writes it (documented as
+    ``<home>/presto-tls/visible-up-to``)."""
+    path = landing_home / "presto-tls" / "visible-up-to"
+    with PrestoStandin(port=0, schemas=("tiny",), visible_up_to_file=path) as standin:
+        yield standin
+
+
+@pytest.fixture
+def stack(landing_home, presto_landing, monkeypatch) -> Iterator[LocalStack]:
+    """The stack object that sets the date (all data visible again afterwards), with
+    ``presto_default`` pointing at ``presto_landing``."""
+    conn = {
+        "conn_type": "presto",
+        "host": "127.0.0.1",
+        "port": presto_landing.port,
+        "login": "airflow",
+        "schema": "tiny",
+        "extra": {"catalog": "tpch"},
+    }
+    monkeypatch.setenv("AIRFLOW_CONN_PRESTO_DEFAULT", json.dumps(conn))
+    stack = LocalStack(presto_port=1, aws_port=2, home=landing_home)
+    yield stack
+    stack.set_presto_visible_up_to(None)
+
+
+def landed_counts(standin: PrestoStandin) -> tuple[int, int]:
+    orders = run(standin, "SELECT count(*) FROM orders")[0][0][0]
+    lineitem = run(standin, "SELECT count(*) FROM lineitem")[0][0][0]
+    return orders, lineitem
+
+
+def test_reference_counts_of_landed_data(tpch_reference):
+    for day, counts in UP_TO.items():
+        expected = tpch_reference.execute(
+            "SELECT count(DISTINCT o_orderkey), count(*) FROM orders JOIN lineitem "
+            "ON l_orderkey = o_orderkey WHERE o_orderdate <= ?",
+            [day],
+        ).fetchone()
+        assert expected == counts, day
+
+
+def test_data_arrival_waits_for_data_that_lands_later(presto_landing, stack):
+    from airflow.providers.presto.hooks.presto import PrestoHook
+
+    run_date = date(1995, 6, 17)
+    sql = render(
+        "data_arrival.sql",
+        source={"catalog": "tpch", "schema": "tiny"},
+        data_interval_start=datetime(1995, 6, 17),
+    )
+    hook = PrestoHook()
+    assert hook.get_first(sql) == [True]
+    assert landed_counts(presto_landing) == FULL
+
+    stack.set_presto_visible_up_to(date(1995, 6, 16))  # the run date has not landed yet
+    assert hook.get_first(sql) == [False]
+    assert landed_counts(presto_landing) == UP_TO[date(1995, 6, 16)]
+
+    stack.set_presto_visible_up_to(run_date)  # it lands: the sensor would release
+    assert hook.get_first(sql) == [True]
+    assert landed_counts(presto_landing) == UP_TO[run_date]
+
+    stack.set_presto_visible_up_to(None)
+    assert landed_counts(presto_landing) == FULL
+
+
+def test_without_a_date_queries_are_not_rewritten(presto_landing, stack):
+    _, _, query_id = run(presto_landing, "SELECT count(*) FROM orders")
+    assert presto_landing.query_info(query_id)["duckdb_sql"] == (
+        "SELECT COUNT(*) AS _col0 FROM tpch.tiny.orders"
+    )
+
+
+@pytest.mark.parametrize(
+    ("sql", "expected"),
+    [
+        ("SELECT count(*) FROM tpch.tiny.orders o", 14993),
+        ("SELECT count(tiny.orders.orderkey), count(orders.custkey) FROM orders", [14993, 14993]),
+        ("SELECT count(x.k) FROM orders AS x(k, c, s, t, d, p, cl, sp, cm)", 14993),
+        ("SELECT max(orderdate) FROM orders", "1998-08-01"),
+        ("SELECT count(*) FROM lineitem l JOIN orders o ON l.orderkey = o.orderkey", 60144),
+        ("SELECT count(*), count(DISTINCT orderkey) FROM lineitem", [60144, 14993]),
+        (
+            "SELECT count(*) FROM (SELECT orderkey FROM orders UNION ALL SELECT 1 FROM lineitem)",
+            14993 + 60144,
+        ),
+        ("WITH orders AS (SELECT 1 AS x) SELECT count(*) FROM orders", 1),
+        ("SELECT count(*) FROM customer", 1500),
+    ],
+)
+def test_every_reference_to_orders_and_lineitem_sees_only_landed_rows(
+    presto_landing, stack, sql, expected
+):
+    stack.set_presto_visible_up_to(date(1998, 8, 1))
+    rows, _, _ = run(presto_landing, sql)
+    assert rows == [expected if isinstance(expected, list) else [expected]]
+
+
+def test_prepared_statements_see_only_landed_rows(stack):
+    from airflow.providers.presto.hooks.presto import PrestoHook
+
+    # Parameters go through PREPARE / EXECUTE ... USING: the executed statement is filtered too.
+    sql = "SELECT count(*) FROM orders WHERE orderdate >= ?"
+    assert PrestoHook().get_first(sql, parameters=[date(1998, 8, 1)]) == [12]
+    stack.set_presto_visible_up_to(date(1998, 8, 1))
+    assert PrestoHook().get_first(sql, parameters=[date(1998, 8, 1)]) == [5]
+
+
+def test_a_file_without_a_date_fails_queries_loudly(presto_landing, stack, landing_home):
+    path = landing_home / "presto-tls" / "visible-up-to"
+    path.write_text("tomorrow\n")
+    with pytest.raises(PrestoQueryError) as raised:
+        run(presto_landing, "SELECT count(*) FROM orders")
+    assert raised.value.error_name == "GENERIC_INTERNAL_ERROR"
+    assert f"{path} holds 'tomorrow', not an ISO date" in raised.value.message
+
+
+def test_cli_reads_the_file_local_stack_writes(tmp_path):
+    stack = LocalStack(presto_port=1, aws_port=2, home=tmp_path)
+    stack.set_presto_visible_up_to(date(1998, 8, 1))  # before the stand-in starts
+    path = tmp_path / "presto-tls" / "visible-up-to"
+    assert path.read_text() == "1998-08-01\n"
+    argv = [sys.executable, "-m", "local_stack.presto_standin", "--port", "0"]
+    argv += ["--schemas", "tiny", "--visible-up-to-file", str(path)]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen(
+        argv, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+    )
+    try:
+        url = proc.stdout.readline().split("listening on ", 1)[1].split()[0]
+        sql = "SELECT count(*) FROM lineitem"
+        assert post_to(url, sql)["data"] == [[60144]]
+        stack.set_presto_visible_up_to(None)  # from this process; the stand-in sees it
+        assert not path.exists()
+        assert post_to(url, sql)["data"] == [[60175]]
+    finally:
+        proc.terminate()
+        assert proc.wait(timeout=30) == 0
 
 
 # -- lifecycle ---------------------------------------------------------------------------------
