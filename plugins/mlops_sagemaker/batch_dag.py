@@ -109,7 +109,7 @@ def build_batch_inference_dag(config: UseCase, include_dir: Path) -> DAG:
         model_name = _model(config, version)
         with TaskGroup("transform", tooltip="SageMaker batch transform"):
             plan = _plan_transform(config, model_name, manifest)
-            transform = IdempotentTransformOperator(task_id="job", config=plan, **kit.job_wait())
+            transform = IdempotentTransformOperator(task_id="job", config=plan, **kit.job_kwargs())
         summary = _check(config, manifest, transform.output, version)
         _drift(config, manifest, version, summary)
     return dag

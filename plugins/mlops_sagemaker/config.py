@@ -145,6 +145,20 @@ class Network(_Strict):
     volume_kms_key_id: str = Field("", description="KMS key for job volumes; empty: default")
 
 
+class JobPool(_Strict):
+    """The Airflow pool bounding how many SageMaker jobs of the use case run at once, across
+    all its runs and DAGs (a tuning job takes ``max_parallel_jobs`` slots).
+
+    Create it with ``include_deferred``: deferred job tasks (waiting in the triggerer) must
+    keep their slots, or the bound does not hold (``airflow pools set --include-deferred``;
+    ``local_stack.airflow_services`` creates it from this config)."""
+
+    name: str | None = Field(
+        None, pattern=r"^[A-Za-z0-9_.-]{1,256}$", description="default: mlops_<use_case>"
+    )
+    slots: int = Field(4, ge=1, le=1024)
+
+
 class SageMakerSettings(_Strict):
     """Settings shared by every SageMaker job of the use case."""
 
@@ -161,6 +175,7 @@ class SageMakerSettings(_Strict):
     deferrable: bool = Field(
         True, description="wait for jobs in the triggerer instead of holding a worker slot"
     )
+    pool: JobPool = JobPool()
 
     @field_validator("sklearn_framework_version")
     @classmethod
@@ -620,6 +635,11 @@ class UseCase(_Strict):
             raise ValueError("no model package group: set <section>.model.package_group")
         return self.training.registry.model_package_group
 
+    @property
+    def pool_name(self) -> str:
+        """The Airflow pool of the use case's SageMaker job tasks."""
+        return self.sagemaker.pool.name or f"mlops_{self.use_case}"
+
     def need_training(self) -> Training:
         """The training section; ``ConfigError`` when the use case has none."""
         if self.training is None:
@@ -664,6 +684,13 @@ class UseCase(_Strict):
                     f"endpoint.stages {stage.name}: endpoint_name {stage.endpoint_name!r} must "
                     f"start with {self.short_name}- (short_name)"
                 )
+        training, slots = self.training, self.sagemaker.pool.slots
+        if training is not None and training.tuning.max_parallel_jobs > slots:
+            # A task needing more slots than its pool has is never scheduled.
+            raise ValueError(
+                f"training.tuning.max_parallel_jobs ({training.tuning.max_parallel_jobs}) "
+                f"exceeds sagemaker.pool.slots ({slots}): the tuning task could never start"
+            )
         batch = self.batch_inference
         if batch is not None and self.training is None:
             if not batch.model.package_group:

@@ -65,14 +65,17 @@ class PipelineKit:
         lookback = timedelta(days=self.section.lookback_days)
         return (data_interval_end.date() - lookback).isoformat()
 
-    def job_wait(self) -> dict[str, Any]:
-        """Keyword arguments of the idempotent SageMaker job operators: how they wait."""
+    def job_kwargs(self, slots: int = 1) -> dict[str, Any]:
+        """Keyword arguments of the idempotent SageMaker job operators: how they wait, and the
+        use case's pool, of which the job takes ``slots`` (a tuning job: its parallel jobs)."""
         settings = self.config.sagemaker
         return {
             "aws_conn_id": self.config.connections.aws,
             "check_interval": settings.check_interval_seconds,
             "max_ingestion_time": settings.max_job_wait_seconds,
             "deferrable": settings.deferrable,
+            "pool": self.config.pool_name,
+            "pool_slots": slots,
         }
 
     def dag(self, *, description: str, doc_md: str, params: dict[str, Param]) -> DAG:

@@ -93,7 +93,11 @@ def build_training_dag(config: UseCase, include_dir: Path) -> DAG:
             split = _processing_job(kit, _plan_split(config, staged, manifest))
         with TaskGroup("tune", tooltip="Hyperparameter tuning (SageMaker)"):
             plan = _plan_tuning(config, staged, split.output)
-            tune = IdempotentTuningOperator(task_id="job", config=plan, **kit.job_wait())
+            tune = IdempotentTuningOperator(
+                task_id="job",
+                config=plan,
+                **kit.job_kwargs(config.need_training().tuning.max_parallel_jobs),
+            )
             model = _best_model(config, tune.output)
         with TaskGroup("evaluate", tooltip="Evaluate the best model on the test split"):
             evaluate = _processing_job(kit, _plan_evaluation(config, staged, split.output, model))
@@ -104,7 +108,7 @@ def build_training_dag(config: UseCase, include_dir: Path) -> DAG:
 
 
 def _processing_job(kit: PipelineKit, plan: Any) -> IdempotentProcessingOperator:
-    return IdempotentProcessingOperator(task_id="job", config=plan, **kit.job_wait())
+    return IdempotentProcessingOperator(task_id="job", config=plan, **kit.job_kwargs())
 
 
 def _plan_split(config: UseCase, staged: Any, manifest: Any) -> Any:

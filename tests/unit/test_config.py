@@ -41,6 +41,7 @@ def test_shipped_config_is_valid() -> None:
     assert batch.approval.mode == "auto"
     assert config.model_package_group == training.registry.model_package_group
     assert config.approval_gate().threshold == training.evaluation.threshold
+    assert (config.pool_name, config.sagemaker.pool.slots) == ("mlops_tpch_orders", 4)
 
 
 @pytest.mark.parametrize(
@@ -104,6 +105,12 @@ def test_shipped_config_is_valid() -> None:
             "batch_inference.drift",
             "warn 0.5 > retrain 0.25",
         ),
+        (
+            lambda r: r["sagemaker"]["pool"].update(slots=1),
+            "<top level>",
+            "max_parallel_jobs (2) exceeds sagemaker.pool.slots (1)",
+        ),
+        (lambda r: r["sagemaker"]["pool"].update(slots=0), "sagemaker.pool.slots", "greater"),
         (
             lambda r: (r.pop("training"), r.pop("batch_inference"), r.pop("endpoint")),
             "<top level>",

@@ -37,6 +37,7 @@ dags = {
         "doc": dag.doc_md or "",
         "top_level": list(dag.task_group.children),
         "upstream": {t.task_id: sorted(t.upstream_task_ids) for t in dag.tasks},
+        "pools": {t.task_id: [t.pool, t.pool_slots] for t in dag.tasks},
     }
     for dag_id, dag in bag.dags.items()
 }
@@ -97,6 +98,16 @@ def test_training_dag_shape_and_ui_metadata(parsed: dict) -> None:
         "check_run_date", "wait_for_data", "extract", "stage_code", "split", "tune", "evaluate",
         "quality_gate", "register",
     ]  # fmt: skip
+
+
+def test_sagemaker_job_tasks_share_the_use_cases_pool(parsed: dict) -> None:
+    training = parsed["dags"]["mlops_tpch_orders_training"]["pools"]
+    batch = parsed["dags"]["mlops_tpch_orders_batch_inference"]["pools"]
+    jobs = {"split.job": 1, "tune.job": 2, "evaluate.job": 1}  # tuning: max_parallel_jobs
+    assert {t: training[t] for t in jobs} == {t: ["mlops_tpch_orders", n] for t, n in jobs.items()}
+    assert batch["transform.job"] == ["mlops_tpch_orders", 1]
+    others = {t for t, (pool, _) in {**training, **batch}.items() if pool == "mlops_tpch_orders"}
+    assert others == {*jobs, "transform.job"}, "only SageMaker job tasks take the pool's slots"
 
 
 def test_batch_inference_dag_shape_and_ui_metadata(parsed: dict) -> None:
