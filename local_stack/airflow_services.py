@@ -129,19 +129,17 @@ class AirflowServices:
         self.airflow("pools", "import", str(pools))
         self.logs.mkdir(parents=True, exist_ok=True)
         for component in COMPONENTS:
-            with open(self.logs / f"{component}.log", "ab") as log:
-                self._procs.append(
-                    subprocess.Popen(
-                        [str(Path(sys.executable).parent / "airflow"), component],
-                        env=self.env(),
-                        cwd=ROOT,
-                        stdout=log,
-                        stderr=subprocess.STDOUT,
-                        start_new_session=True,
-                    )  # fmt: skip
-                )
+            self._procs.append(self._spawn(component))
         self._wait_healthy(timeout=300)
         return self
+
+    def _spawn(self, component: str) -> subprocess.Popen:
+        with open(self.logs / f"{component}.log", "ab") as log:
+            return subprocess.Popen(
+                [str(Path(sys.executable).parent / "airflow"), component],
+                env=self.env(), cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )  # fmt: skip
 
     def _wait_healthy(self, timeout: float) -> None:
         deadline, health = time.monotonic() + timeout, None
