@@ -36,3 +36,8 @@ add_connection aws_default '{"conn_type": "aws", "login": "local", "password": "
             "config_kwargs": {"retries": {"mode": "standard", "max_attempts": 10}}}}'
 add_connection presto_default '{"conn_type": "presto", "host": "presto", "port": 8080,
   "login": "airflow", "schema": "tiny", "extra": {"catalog": "tpch", "protocol": "http"}}'
+
+# One pool per use case (sagemaker.pool), counting deferred jobs: see README "A pool per use case".
+PYTHONPATH=/opt/airflow/plugins python -m mlops_sagemaker.pools /opt/airflow/include/config \
+  > /tmp/pools.json
+airflow pools import /tmp/pools.json

@@ -85,7 +85,7 @@ def parameters(
     if role is None:
         raise ValueError(f"role_arn {settings.role_arn!r} is not an IAM role ARN")
     partition, account = role.group("partition"), account_id or role.group("account")
-    network = settings.network
+    network, notes = settings.network, config.notifications
     return {
         "Partition": partition,
         "Region": region,
@@ -103,6 +103,10 @@ def parameters(
             config.endpoint.approval_events_queue_url if config.endpoint else None,
             partition,
             region,
+        ),
+        "NotificationTopicArn": (notes.sns_topic_arn or "") if notes else "",
+        "NotificationQueueArn": queue_arn(
+            notes.sqs_queue_url if notes else None, partition, region
         ),
         "_Vpc": "yes" if network.vpc.subnets else "",
     }
@@ -126,7 +130,10 @@ def _substitute(value: Any, params: dict[str, str]) -> Any:
 
 def _applies(statement: dict[str, Any], params: dict[str, str]) -> bool:
     used = set(_PLACEHOLDER.findall(json.dumps(statement)))
-    optional = {"KmsKeyArn", "VolumeKmsKeyArn", "ApprovalQueueArn"}
+    optional = {
+        "KmsKeyArn", "VolumeKmsKeyArn", "ApprovalQueueArn", "NotificationTopicArn",
+        "NotificationQueueArn",
+    }  # fmt: skip
     if any(not params.get(name) for name in used & optional):
         return False
     return not statement.get("Sid", "").startswith("Vpc") or bool(params.get("_Vpc"))

@@ -42,19 +42,11 @@ def _fernet_key(path: Path) -> str:
 
 
 def pools_file(include_dir: Path, target: Path) -> Path:
-    """``airflow pools import`` input: one pool per use case (``sagemaker.pool``)."""
+    """Write the ``airflow pools import`` file of the use cases under ``include_dir``."""
     sys.path.insert(0, str(ROOT / "plugins"))
-    from mlops_sagemaker.config import load_use_cases
+    from mlops_sagemaker.pools import pools
 
-    pools = {
-        config.pool_name: {
-            "slots": config.sagemaker.pool.slots,
-            "description": f"SageMaker jobs of {config.use_case} running at once",
-            "include_deferred": True,
-        }
-        for config in load_use_cases(include_dir / "config")
-    }
-    target.write_text(json.dumps(pools, indent=2))
+    target.write_text(json.dumps(pools(include_dir / "config"), indent=2))
     return target
 
 
@@ -66,6 +58,10 @@ class AirflowServices:
     port: int = 8080
     extra_env: dict[str, str] = field(default_factory=dict)
     parallelism: int = 8
+    # PostgreSQL's data folder (default <stack home>/postgres); tests put it outside pytest's
+    # temporary root, whose permissions pytest resets to 0700 (the server runs as another
+    # user when we are root).
+    pgdata: Path | None = None
     _procs: list[subprocess.Popen] = field(default_factory=list)
     _postgres: Postgres | None = None
     _secrets: dict[str, str] = field(
@@ -121,7 +117,7 @@ class AirflowServices:
     def start(self) -> AirflowServices:
         """Start PostgreSQL, migrate, create the pools, start the components; wait until the
         API server reports every component healthy."""
-        self._postgres = Postgres(self.stack.home / "postgres").start()
+        self._postgres = Postgres(self.pgdata or self.stack.home / "postgres").start()
         self.stack.airflow_home.mkdir(parents=True, exist_ok=True)
         self.airflow("db", "migrate")
         include = Path(self.env().get("MLOPS_INCLUDE_DIR") or ROOT / "include")
@@ -164,6 +160,14 @@ class AirflowServices:
                 return
             time.sleep(1)
         raise TimeoutError(f"Airflow not healthy after {timeout:.0f} s: {health}")
+
+    def wait(self) -> int:
+        """Block until a component exits; its exit code (the others keep running)."""
+        while True:
+            for proc in self._procs:
+                if proc.poll() is not None:
+                    return proc.returncode
+            time.sleep(1)
 
     def stop(self) -> None:
         """End the components (newest first), then PostgreSQL."""

@@ -177,6 +177,7 @@ def _s3_call(environ: dict[str, Any]) -> tuple[str, str, str]:
     return operation, action, resource
 
 
+_QUEUE_URL = re.compile(r"^https?://[^/]+/(?P<account>\d{12})/(?P<name>[\w-]{1,80})$")
 _RPC_V2 = re.compile(r"^/service/[^/]+/operation/(?P<operation>\w+)$")
 
 
@@ -225,6 +226,15 @@ def _resource(service: str, operation: str, params: dict[str, Any], path: str, w
         return _scalable_target_arn(params, where)
     if service == "monitoring" and isinstance(params.get("AlarmName"), str):
         return f"arn:aws:cloudwatch:{where}:alarm:{params['AlarmName']}"
+    if service == "sns" and operation == "Publish":
+        target = params.get("TopicArn") or params.get("TargetArn")
+        return target if isinstance(target, str) else "*"
+    if service == "sqs" and isinstance(params.get("QueueUrl"), str):
+        queue = _QUEUE_URL.match(params["QueueUrl"])
+        if queue:
+            region = where.split(":", 1)[0]
+            return f"arn:aws:sqs:{region}:{queue.group('account')}:{queue.group('name')}"
+        return "*"
     if service == "logs" and params.get("logGroupName"):
         arn = f"arn:aws:logs:{where}:log-group:{params['logGroupName']}"
         stream = params.get("logStreamName")

@@ -315,7 +315,8 @@ def _drift(config: UseCase, manifest: Any, version: Any, summary: Any) -> Any:
         log.info("Drift against %s:\n%s", chosen.baseline_uri, report.table() if report else "")
         if outcome.note:
             log.warning("%s", outcome.note)
-        extra = {**summary, "drift_level": outcome.level, "drift_report_uri": outcome.report_uri}
+        extra = {**summary, "run_date": context["ds"], "drift_level": outcome.level}
+        extra["drift_report_uri"] = outcome.report_uri
         extra["drift_warnings"] = list(outcome.warnings)
         context["outlet_events"][predictions].extra = extra
         if outcome.level == "retrain":

@@ -298,7 +298,9 @@ class Registry(_Strict):
 class Schedule(_Strict):
     """When a pipeline's DAG runs, and how its tasks retry transient failures."""
 
-    cron: str = "@daily"
+    cron: str | None = Field(
+        "@daily", description="null: no time-based runs (e.g. training on Assets only)"
+    )
     start_date: date
     end_date: date | None = None
     catchup: bool = False
@@ -310,7 +312,9 @@ class Schedule(_Strict):
 
     @field_validator("cron")
     @classmethod
-    def _valid_cron(cls, cron: str) -> str:
+    def _valid_cron(cls, cron: str | None) -> str | None:
+        if cron is None:
+            return None
         # The same parser Airflow's CronDataIntervalTimetable uses (croniter via CronMixin), so a
         # bad expression fails here naming schedule.cron instead of deep in Airflow.
         from airflow.utils.dates import cron_presets
@@ -341,10 +345,27 @@ class PipelineQueries(_Strict):
     lookback_days: int = Field(ge=1, le=3660)
 
 
+class UpstreamAsset(_Strict):
+    """An Asset another DAG updates (e.g. the ETL DAG loading the training table): by ``name``
+    alone (``Asset.ref``: the producing DAG defines it), or with its ``uri`` to define it here."""
+
+    name: str = Field(min_length=1, max_length=1500)
+    uri: str | None = Field(None, min_length=1, max_length=1500)
+
+
+class RetrainOn(_Strict):
+    """Data-driven retraining: the ``mlops_<use_case>_retrain`` DAG runs when any of these is
+    updated and starts a training run for the event's run date (``retrain_dag.py``)."""
+
+    assets: list[UpstreamAsset] = []
+    drift: bool = Field(False, description="also on batch inference's drift Asset")
+
+
 class Training(PipelineQueries):
     """The training pipeline: its schedule, query, split, tuning, evaluation and registry."""
 
     schedule: Schedule
+    retrain_on: RetrainOn = RetrainOn()
     query: str = "training.sql"
     split: Split
     tuning: Tuning
@@ -538,6 +559,23 @@ class EndpointApproval(_Strict):
     assigned_users: list[str] = []
 
 
+class Notifications(_Strict):
+    """Where the use case's events go (``notifications.py``): an SNS topic and/or an SQS
+    queue, for the ``events`` listed."""
+
+    sns_topic_arn: str | None = Field(None, pattern=r"^arn:aws[a-z-]*:sns:[a-z0-9-]+:\d{12}:.+$")
+    sqs_queue_url: str | None = Field(None, pattern=r"^https?://[^/]+/\d{12}/[A-Za-z0-9_-]+")
+    events: list[Literal["failure", "new_version", "deployment"]] = Field(
+        ["failure", "new_version", "deployment"], min_length=1
+    )
+
+    @model_validator(mode="after")
+    def _a_target(self) -> Notifications:
+        if not (self.sns_topic_arn or self.sqs_queue_url):
+            raise ValueError("set sns_topic_arn and/or sqs_queue_url (or drop the section)")
+        return self
+
+
 def _default_stages() -> list[Stage]:
     return [Stage(name="staging"), Stage(name="production", requires_approval=True)]
 
@@ -619,6 +657,7 @@ class UseCase(_Strict):
     training: Training | None = None
     batch_inference: BatchInference | None = None
     endpoint: EndpointSection | None = None
+    notifications: Notifications | None = None
 
     @property
     def sql_dir(self) -> str:

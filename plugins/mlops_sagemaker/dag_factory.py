@@ -25,9 +25,15 @@ def include_dir(dag_file: str) -> Path:
 def _builder(pipeline: str) -> Callable[[UseCase, Path], Any]:
     """The DAG builder of ``pipeline``: returns one DAG, or a list (endpoint + its teardown)."""
     if pipeline == "training":
+        from mlops_sagemaker.retrain_dag import build_retrain_dag
         from mlops_sagemaker.training_dag import build_training_dag
 
-        return build_training_dag
+        def training(config: UseCase, include: Path) -> list[Any]:
+            retrain = config.need_training().retrain_on
+            extra = [build_retrain_dag(config)] if retrain.assets or retrain.drift else []
+            return [build_training_dag(config, include), *extra]
+
+        return training
     if pipeline == "batch_inference":
         from mlops_sagemaker.batch_dag import build_batch_inference_dag
 

@@ -21,6 +21,7 @@ from airflow.sdk import DAG, Asset, AssetAlias, Param, get_current_context, task
 from mlops_sagemaker import tasks
 from mlops_sagemaker.config import BatchInference, Training, UseCase
 from mlops_sagemaker.failures import apply_policy
+from mlops_sagemaker.notifications import notifiers
 from mlops_sagemaker.operators import CHECK_INTERVAL_PARAM, DataArrivalSensor, PrestoToS3Operator
 from mlops_sagemaker.timetables import RangedCronDataIntervalTimetable
 
@@ -87,8 +88,12 @@ class PipelineKit:
             doc_md=doc_md,
             # The date range lives on the timetable, not the DAG (see timetables.py): a manual
             # run outside it then fails in check_run_date instead of "succeeding" with no task.
-            schedule=RangedCronDataIntervalTimetable(
-                schedule.cron, "UTC", schedule.start_date, schedule.end_date
+            schedule=(
+                RangedCronDataIntervalTimetable(
+                    schedule.cron, "UTC", schedule.start_date, schedule.end_date
+                )
+                if schedule.cron
+                else None
             ),
             start_date=None,
             catchup=schedule.catchup,
@@ -102,7 +107,7 @@ class PipelineKit:
             },
             params={**params, CHECK_INTERVAL_PARAM: self._check_interval_param()},
             default_args=default_args(
-                config.owner,
+                config,
                 schedule.retries,
                 schedule.retry_delay_seconds,
                 schedule.max_retry_delay_seconds,
@@ -165,16 +170,20 @@ class PipelineKit:
         return stage_code()
 
 
-def default_args(owner: str, retries: int, delay: int, max_delay: int) -> dict[str, Any]:
-    """Default args of every pipeline DAG: owner and the retries of transient failures."""
-    return {
-        "owner": owner,
+def default_args(config: UseCase, retries: int, delay: int, max_delay: int) -> dict[str, Any]:
+    """Default args of every pipeline DAG: owner, the retries of transient failures and the
+    use case's failure notifications (``notifications.py``: after the last try only)."""
+    args: dict[str, Any] = {
+        "owner": config.owner,
         "retries": retries,
         "retry_delay": timedelta(seconds=delay),
         # Only transient failures reach a retry (failures.py): back off exponentially.
         "retry_exponential_backoff": 2.0,
         "max_retry_delay": timedelta(seconds=max_delay),
     }
+    if on_failure := notifiers(config, "failure"):
+        args["on_failure_callback"] = on_failure
+    return args
 
 
 def approved_versions_asset(config: UseCase) -> Asset:

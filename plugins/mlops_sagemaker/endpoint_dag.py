@@ -25,6 +25,7 @@ from airflow.sdk import DAG, Asset, AssetWatcher, Param, TaskGroup, get_current_
 from mlops_sagemaker.config import Stage, UseCase
 from mlops_sagemaker.dag_kit import approved_versions_asset, default_args
 from mlops_sagemaker.failures import apply_policy
+from mlops_sagemaker.notifications import notifiers
 from mlops_sagemaker.operators import THROUGH_STAGE_PARAM as THROUGH_PARAM
 from mlops_sagemaker.operators import EndpointDeployedSensor
 
@@ -105,9 +106,7 @@ def _dag_kwargs(config: UseCase) -> dict[str, Any]:
         "catchup": False,
         "max_active_runs": 1,
         "template_searchpath": [],
-        "default_args": default_args(
-            config.owner, section.retries, section.retry_delay_seconds, 3600
-        ),
+        "default_args": default_args(config, section.retries, section.retry_delay_seconds, 3600),
     }
 
 
@@ -326,7 +325,7 @@ def _scale(config: UseCase, plan: Any) -> Any:
 def _smoke(config: UseCase, plan: Any, deployment: Any, version: Any) -> Any:
     section = config.need_endpoint()
 
-    @task(task_id="smoke", retries=0)
+    @task(task_id="smoke", retries=0, on_success_callback=notifiers(config, "deployment") or None)
     @apply_policy
     def smoke(plan: dict, deployment: dict, version: dict) -> dict:
         """Score the version's test rows on the endpoint; roll back on any mismatch."""

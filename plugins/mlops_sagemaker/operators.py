@@ -21,6 +21,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -434,10 +435,14 @@ class IdempotentRegisterModelVersionOperator(SageMakerRegisterModelVersionOperat
         *,
         new_version_asset: Asset | None = None,
         package_group: dict[str, Any] | None = None,
+        on_new_version: list[Any] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.new_version_asset = new_version_asset
+        # Notifiers (notifications.py) called once the version exists, with its ARN in the
+        # context as ``model_package_arn``; a re-run that finds the version calls none.
+        self.on_new_version = on_new_version or []
         # CreateModelPackageGroup request (with the tags); ``None`` leaves it to the provider.
         self.package_group = package_group
 
@@ -466,7 +471,16 @@ class IdempotentRegisterModelVersionOperator(SageMakerRegisterModelVersionOperat
             for outlet in self.outlets:
                 if isinstance(outlet, AssetAlias):
                     context["outlet_events"][outlet].add(self.new_version_asset, extra=extra)
+        self._notify_new_version(context, arn)
         return arn
+
+    def _notify_new_version(self, context: Any, arn: str) -> None:
+        for notifier in self.on_new_version:
+            try:
+                # A copy: rendering a notifier replaces its templates with their values.
+                copy.copy(notifier)({**context, "model_package_arn": arn})
+            except Exception as err:  # the version is registered: a lost message must not undo it
+                self.log.warning("Could not send the new-version notification: %s", err)
 
 
 @failure_policy

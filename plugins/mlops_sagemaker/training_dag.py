@@ -18,6 +18,7 @@ from mlops_sagemaker import tasks
 from mlops_sagemaker.config import UseCase
 from mlops_sagemaker.dag_kit import PipelineKit
 from mlops_sagemaker.failures import apply_policy
+from mlops_sagemaker.notifications import notifiers
 from mlops_sagemaker.operators import (
     IdempotentProcessingOperator,
     IdempotentRegisterModelVersionOperator,
@@ -217,6 +218,7 @@ def _register(config: UseCase, registration: Any) -> IdempotentRegisterModelVers
         package_group=registration["package_group"],
         outlets=[new_model_version_alias(config)],
         new_version_asset=model_versions_asset(config),
+        on_new_version=notifiers(config, "new_version"),
     )
 
 

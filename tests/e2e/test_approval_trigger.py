@@ -2,23 +2,20 @@
 
 The local stack's registry emits SageMaker's "Model Package State Change" event on
 ``UpdateModelPackage``; moto's EventBridge routes it (the rule ``approval_events`` sets up) to
-the SQS queue; ``airflow standalone`` (scheduler, triggerer, DAG processor, API server) runs the
-endpoint DAG's ``AssetWatcher`` with the Amazon provider's ``SqsSensorTrigger``; the Asset
+the SQS queue; the production-shaped Airflow (``local_stack.airflow_services``: scheduler,
+triggerer, DAG processor, API server, PostgreSQL) runs the endpoint DAG's ``AssetWatcher`` with the Amazon provider's ``SqsSensorTrigger``; the Asset
 event queues an ``asset_triggered`` run whose ``version`` task resolves the approved version.
 """
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
+import tempfile
 from pathlib import Path
 
 from e2e_support import free_port, include_copy, rest, wait_for
 
+from local_stack.airflow_services import AirflowServices
 from local_stack.stack import LocalStack
-from local_stack.ui import airflow_ui_env
 
 ENDPOINT = "mlops_tpch_orders_endpoint"
 GROUP = "tpch-orders-late-delivery"
@@ -51,26 +48,20 @@ def test_a_boto3_approval_triggers_an_endpoint_run(stack: LocalStack, tmp_path: 
         tmp_path, {QUEUE_LINE: f"  approval_events_queue_url: {url}\n  poll_interval_seconds: 2"}
     )
     pending = _version(stack, "PendingManualApproval")
-    port = free_port()
-    log = tmp_path / "standalone.log"
-    with open(log, "wb") as out:
-        airflow = subprocess.Popen(
-            [str(Path(sys.executable).parent / "airflow"), "standalone"],
-            env={
-                **airflow_ui_env(stack, str(port)),
-                **env,
-                "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "True",
-                "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(free_port()),
-                "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(free_port()),
-            },
-            stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-        )  # fmt: skip
-    base = f"http://localhost:{port}"
-    try:
-        wait_for("the API server", lambda: rest(f"{base}/api/v2/monitor/health"), 300, airflow)
+    extra = {
+        **env,
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "True",
+        "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(free_port()),
+        "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(free_port()),
+    }
+    with (
+        tempfile.TemporaryDirectory(prefix="mlops-pg-") as pgdata,
+        AirflowServices(stack, port=free_port(), extra_env=extra, pgdata=Path(pgdata)) as airflow,
+    ):
+        base = airflow.base_url
         token = wait_for("a token", lambda: rest(f"{base}/auth/token"), 60)["access_token"]
         dag = f"{base}/api/v2/dags/{ENDPOINT}"
-        wait_for("the endpoint DAG", lambda: rest(dag, token=token), 300, airflow)
+        wait_for("the endpoint DAG", lambda: rest(dag, token=token), 300)
         assert rest(dag, "PATCH", {"is_paused": False}, token) is not None
         stack.client("sagemaker").update_model_package(
             ModelPackageArn=pending, ModelApprovalStatus="Approved", ApprovalDescription="Studio"
@@ -79,18 +70,11 @@ def test_a_boto3_approval_triggers_an_endpoint_run(stack: LocalStack, tmp_path: 
             "an asset-triggered run",
             lambda: (rest(f"{dag}/dagRuns", token=token) or {}).get("dag_runs"),
             300,
-            airflow,
         )
         (run,) = runs
         assert run["run_type"] == "asset_triggered"
         xcom = f"{dag}/dagRuns/{run['dag_run_id']}/taskInstances/version/xcomEntries/return_value?deserialize=true&stringify=false"
         value = wait_for(
-            "the version task", lambda: (rest(xcom, token=token) or {}).get("value"), 300, airflow
+            "the version task", lambda: (rest(xcom, token=token) or {}).get("value"), 300
         )
         assert (value["arn"], value["status"]) == (pending, "Approved")
-    except AssertionError as err:
-        tail = log.read_text(errors="replace")[-4000:]
-        raise AssertionError(f"{err}\n--- airflow standalone ---\n{tail}") from err
-    finally:
-        os.killpg(airflow.pid, signal.SIGTERM)
-        airflow.wait(timeout=60)

@@ -1,5 +1,6 @@
 """``make ui`` (``python -m local_stack.ui``) on non-default ports: a task of the training DAG
-triggered through Airflow's REST API runs, and SIGTERM ends every process the launcher started.
+triggered through Airflow's REST API runs (API server, scheduler, DAG processor and triggerer on
+PostgreSQL), and SIGTERM ends every process the launcher started, PostgreSQL included.
 
 Before the fix the UI followed ``AIRFLOW_PORT`` but the workers still called the execution API
 on 8080 (every task failed with ``httpx.ConnectError``), and SIGTERM left the Presto stand-in and
@@ -137,7 +138,7 @@ def test_make_ui_runs_a_task_on_other_ports_and_sigterm_stops_everything(tmp_pat
 
         wait_for("the first tasks' success", first_tasks_succeeded, 300, ui, log)
         started = descendants(ui.pid)
-        assert len(started) >= 4, "expected the services and airflow standalone's components"
+        assert len(started) >= 4, "expected the services and Airflow's four components"
     finally:
         ui.send_signal(signal.SIGTERM)
         code = ui.wait(timeout=120)
@@ -149,3 +150,6 @@ def test_make_ui_runs_a_task_on_other_ports_and_sigterm_stops_everything(tmp_pat
         Path(f"/proc/{pid}/cmdline").read_text(errors="replace").replace("\0", " ") for pid in left
     )
     assert not [name for name, port in ports.items() if listening(port)]
+    # PostgreSQL runs detached (pg_ctl); a clean stop removes its pid file.
+    assert (home / "postgres" / "PG_VERSION").exists(), "make ui ran on PostgreSQL"
+    assert not (home / "postgres" / "postmaster.pid").exists(), "PostgreSQL still running"

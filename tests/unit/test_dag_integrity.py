@@ -187,6 +187,53 @@ def test_each_approval_mode_builds_its_approve_group(tmp_path: Path, mode: str) 
         assert "select_model" in upstream[step], step
 
 
+def test_retrain_on_assets_adds_a_dispatcher_and_cron_null_drops_the_time_schedule(
+    tmp_path: Path,
+) -> None:
+    config = SHIPPED.replace(
+        '    cron: "@daily"\n    start_date: 1993-01-01      # TPC-H',
+        "    cron: null\n    start_date: 1993-01-01      # TPC-H",
+    ).replace(
+        "  query: training.sql\n",
+        "  query: training.sql\n  retrain_on:\n    assets: [{name: etl.tpch.orders}]\n"
+        "    drift: true\n",
+    )
+    assert "retrain_on" in config and "cron: null" in config
+    include = _include_with(tmp_path, {"tpch_orders.yaml": config})
+    script = PARSE_SCRIPT.replace(
+        '"upstream": {',
+        '"schedule": type(dag.timetable).__name__, '
+        '"assets": sorted(str(getattr(a, "name", a)) for a in '
+        'getattr(getattr(dag.timetable, "asset_condition", None), "objects", [])),\n'
+        '        "upstream": {',
+    )
+    env = {**os.environ, "PYTHONPATH": f"{ROOT / 'plugins'}{os.pathsep}{ROOT}"}
+    env["MLOPS_INCLUDE_DIR"] = str(include)
+    out = subprocess.run(
+        [sys.executable, "-c", script, str(ROOT / "dags")],
+        capture_output=True, text=True, env=env, timeout=300, check=True,
+    )  # fmt: skip
+    parsed = json.loads(out.stdout.strip().splitlines()[-1])
+    assert parsed["errors"] == {} and parsed["sockets"] == []
+    retrain = parsed["dags"]["mlops_tpch_orders_retrain"]
+    assert retrain["tasks"] == ["run_date", "train"]
+    assert retrain["schedule"] == "AssetTriggeredTimetable"
+    assert retrain["assets"] == ["etl.tpch.orders", "mlops.tpch_orders.drift"]
+    assert parsed["dags"]["mlops_tpch_orders_training"]["schedule"] == "NullTimetable"
+
+
+def test_event_run_date_prefers_the_events_run_date() -> None:
+    from datetime import UTC, datetime
+
+    from mlops_sagemaker.retrain_dag import event_run_date
+
+    stamp = datetime(1996, 4, 2, 3, 0, tzinfo=UTC)
+    assert event_run_date({"run_date": "1996-03-31"}, stamp) == "1996-03-31"
+    assert event_run_date({}, stamp) == "1996-04-02"
+    with pytest.raises(ValueError):
+        event_run_date({"run_date": "yesterday"}, stamp)
+
+
 def _include_with(tmp_path: Path, files: dict[str, str]) -> Path:
     include = tmp_path / "include"
     (include / "config").mkdir(parents=True)

@@ -14,7 +14,11 @@ Airflow's own configuration parser.
 from __future__ import annotations
 
 import copy
+import json
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -191,3 +195,23 @@ def test_init_migrates_and_creates_the_connections_the_use_cases_name() -> None:
     host, port = re.match(r"http://([\w-]+):(\d+)/execution/$", execution_api).groups()
     assert _component(compose["services"][host]) == "api-server"
     assert any(p.endswith(f":{port}") for p in compose["services"][host]["ports"])
+
+
+def test_init_imports_the_use_cases_pools_from_the_package(tmp_path) -> None:
+    """The init script's pools command runs (the same module, on the shipped configs) and
+    gives each use case its pool, counting deferred tasks."""
+    script = INIT_SCRIPT.read_text()
+    assert re.search(r"^airflow pools import /tmp/pools\.json$", script, re.M)
+    assert "python -m mlops_sagemaker.pools /opt/airflow/include/config" in script
+    out = subprocess.run(
+        [sys.executable, "-m", "mlops_sagemaker.pools", str(ROOT / "include" / "config")],
+        env={**os.environ, "PYTHONPATH": str(ROOT / "plugins")},
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    assert json.loads(out.stdout) == {
+        "mlops_tpch_orders": {
+            "slots": 4,
+            "description": "SageMaker jobs of tpch_orders running at once",
+            "include_deferred": True,
+        }
+    }

@@ -20,7 +20,7 @@ import pytest
 from iam import evaluate, render
 from local_stack.aws_endpoint import LocalAwsEndpoint
 from local_stack.sagemaker_runtime.runtime import EXECUTION_ROLE_ACCESS_KEY_ID
-from mlops_sagemaker.config import load_use_case
+from mlops_sagemaker.config import Notifications, load_use_case
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = ROOT / "include" / "config" / "tpch_orders.yaml"
@@ -46,7 +46,13 @@ def config(all_options: bool = False):
     sagemaker = use_case.sagemaker.model_copy(update={"network": network})
     queue = "https://sqs.us-east-1.amazonaws.com/123456789012/tpch-ord-approvals"
     endpoint = use_case.endpoint.model_copy(update={"approval_events_queue_url": queue})
-    return use_case.model_copy(update={"sagemaker": sagemaker, "endpoint": endpoint})
+    notes = Notifications(
+        sns_topic_arn="arn:aws:sns:us-east-1:123456789012:tpch-ord-events",
+        sqs_queue_url="https://sqs.us-east-1.amazonaws.com/123456789012/tpch-ord-events",
+    )
+    return use_case.model_copy(
+        update={"sagemaker": sagemaker, "endpoint": endpoint, "notifications": notes}
+    )
 
 
 def rendered(all_options: bool = False) -> dict[str, dict]:
@@ -77,6 +83,24 @@ def test_the_approval_queue_statement_only_with_a_queue() -> None:
     assert statement["Resource"] == "arn:aws:sqs:us-east-1:123456789012:tpch-ord-approvals"
 
 
+def test_notification_statements_only_with_their_targets() -> None:
+    def grants(all_options: bool) -> dict[str, tuple[str, str]]:
+        statements = rendered(all_options)["airflow-role-policy"]["Statement"]
+        return {
+            s["Sid"]: (s["Action"], s["Resource"])
+            for s in statements
+            if s["Sid"].startswith("Notifications")
+        }
+
+    assert grants(False) == {}
+    assert grants(True) == {
+        "NotificationsToTheUseCasesTopic": (
+            "sns:Publish", "arn:aws:sns:us-east-1:123456789012:tpch-ord-events"),
+        "NotificationsToTheUseCasesQueue": (
+            "sqs:SendMessage", "arn:aws:sqs:us-east-1:123456789012:tpch-ord-events"),
+    }  # fmt: skip
+
+
 def test_every_placeholder_is_filled_and_names_are_scoped() -> None:
     for name, document in rendered(all_options=True).items():
         text = json.dumps(document)
@@ -91,7 +115,7 @@ def test_every_placeholder_is_filled_and_names_are_scoped() -> None:
     assert any(s["Resource"] == "*" for s in airflow["Statement"])
 
 
-def test_kms_and_vpc_statements_appear_only_with_their_option() -> None:
+def test_optional_statements_appear_only_with_their_option() -> None:
     def sids(documents: dict[str, dict]) -> set[str]:
         return {s["Sid"] for d in documents.values() for s in d["Statement"]}
 
@@ -99,6 +123,7 @@ def test_kms_and_vpc_statements_appear_only_with_their_option() -> None:
     optional = {"KmsForJobOutputsAndTheRepackedModel", "KmsOutputEncryption", "KmsVolumeEncryption"}
     optional |= {"VpcNetworkInterfaces", "VpcDescribeHasNoResourceLevelPermissions"}
     optional |= {"ApprovalEventsQueueForTheTriggerer"}
+    optional |= {"NotificationsToTheUseCasesTopic", "NotificationsToTheUseCasesQueue"}
     assert optional.isdisjoint(off)
     assert on - off == optional
     execution = rendered(all_options=True)["sagemaker-execution-role-policy"]
@@ -184,6 +209,23 @@ def test_recorder_maps_requests_to_iam_actions_and_principals() -> None:
         ),
     ]
     assert calls[3]["context"] == {"s3:prefix": "p/"}
+
+
+def test_recorder_scopes_notifications_to_their_topic_and_queue() -> None:
+    with LocalAwsEndpoint(port=0) as endpoint:
+        common = {"endpoint_url": endpoint.url, "region_name": "us-east-1"}
+        keys = {"aws_access_key_id": "local", "aws_secret_access_key": "x"}
+        sns, sqs = boto3.client("sns", **common, **keys), boto3.client("sqs", **common, **keys)
+        topic = sns.create_topic(Name="events")["TopicArn"]
+        queue = sqs.create_queue(QueueName="events")["QueueUrl"]
+        endpoint.recorder.clear()
+        sns.publish(TopicArn=topic, Message="m")
+        sqs.send_message(QueueUrl=queue, MessageBody="m")
+        got = [(c["action"], c["resource"]) for c in endpoint.recorder.calls()]
+    assert got == [
+        ("sns:Publish", topic),
+        ("sqs:SendMessage", "arn:aws:sqs:us-east-1:123456789012:events"),
+    ]
 
 
 def test_recorder_scopes_deletes_and_scaling_calls_to_their_resources() -> None:
