@@ -29,6 +29,18 @@ from mlops_sagemaker.config import UseCase
 from mlops_sagemaker.dag_kit import default_args
 
 
+class DatedTriggerDagRunOperator(TriggerDagRunOperator):
+    """``TriggerDagRunOperator`` whose ``run_after`` is templated too.
+
+    Airflow infers a triggered run's data interval from its ``run_after``, not its logical date
+    (``airflow.api.common.trigger_dag``: ``infer_manual_data_interval(run_after=...)``), and the
+    provider's operator (standard 1.21.0) sends ``run_after`` only when given, as a plain value:
+    a run for 1996-04-01 triggered today would read today's data. Setting ``run_after`` to the
+    run date gives the run the interval a manual run for that date has."""
+
+    template_fields = (*TriggerDagRunOperator.template_fields, "run_after")
+
+
 def upstream_assets(config: UseCase) -> list[Any]:
     """The Assets (or references to them by name) the retrain DAG is scheduled on."""
     retrain = config.need_training().retrain_on
@@ -81,11 +93,12 @@ def build_retrain_dag(config: UseCase) -> DAG:
 
         day = run_date()
         pulled = "{{ ti.xcom_pull(task_ids='run_date') }}"
-        trigger = TriggerDagRunOperator(
+        trigger = DatedTriggerDagRunOperator(
             task_id="train",
             trigger_dag_id=training_dag_id,
             trigger_run_id=f"retrain__{pulled}",
             logical_date=pulled,
+            run_after=pulled,
             skip_when_already_exists=True,
             # The triggered run applies the training DAG's own failure policy and retries.
             retries=0,
@@ -94,4 +107,4 @@ def build_retrain_dag(config: UseCase) -> DAG:
     return dag
 
 
-__all__ = ["build_retrain_dag", "event_run_date", "upstream_assets"]
+__all__ = ["DatedTriggerDagRunOperator", "build_retrain_dag", "event_run_date", "upstream_assets"]

@@ -17,7 +17,7 @@ import json
 import tempfile
 import time
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -80,7 +80,9 @@ def prod(tmp_path_factory: pytest.TempPathFactory):
                     _schedule("training.sql"),
                     _schedule("batch.sql"),
                     ("    slots: 4 ", f"    slots: {POOL_SLOTS} "),
-                    ("    poke_interval_seconds: 300\n", "    poke_interval_seconds: 5\n"),
+                    # Pokes far enough apart that a rescheduled sensor is not requeued before
+                    # the scheduler drained its last exit (the race in _schedule's comment).
+                    ("    poke_interval_seconds: 300\n", "    poke_interval_seconds: 20\n"),
                     (SECTIONS, f"{queues.config}{SECTIONS}"),
                     ("  query: training.sql\n", f"  query: training.sql\n{RETRAIN_ON}"),
                 ]
@@ -347,7 +349,10 @@ def test_an_upstream_asset_event_starts_one_dated_training_run(prod: Prod) -> No
     run = f"dags/{TRAIN}/dagRuns/retrain__{ds}"
     _until("the triggered training run", lambda: prod.get(run)["state"] in ("success", "failed"),
            600)  # fmt: skip
-    assert prod.get(run)["logical_date"].startswith(ds)
+    triggered = prod.get(run)
+    assert triggered["logical_date"].startswith(ds)
+    # The interval a manual run for ds has (it ends at ds), not one ending today.
+    assert triggered["data_interval_end"].startswith(ds), triggered["data_interval_end"]
     assert prod.get(run)["state"] == "success", failed_tasks(prod, TRAIN, prod.get(run))
     dates = [v["CustomerMetadataProperties"]["run_date"] for v in versions(prod.stack, GROUP)]
     assert dates.count(ds) == 1
@@ -360,8 +365,10 @@ def test_an_upstream_asset_event_starts_one_dated_training_run(prod: Prod) -> No
 def test_the_sensor_holds_the_run_until_the_days_data_lands(prod: Prod) -> None:
     """The day's orders are not visible yet: the sensor reschedules (one try, no worker held);
     once they land it releases the run."""
-    ds = "1996-06-10"
-    prod.stack.set_presto_visible_up_to(date(1996, 6, 9))
+    # A manual run for ds covers the day before it (its interval ends at ds): that day's
+    # orders are what the sensor waits for.
+    ds, day = "1996-06-10", date(1996, 6, 9)
+    prod.stack.set_presto_visible_up_to(day - timedelta(days=1))
     run = rest(
         f"{prod.airflow.base_url}/api/v2/dags/{TRAIN}/dagRuns",
         "POST",
@@ -379,9 +386,9 @@ def test_the_sensor_holds_the_run_until_the_days_data_lands(prod: Prod) -> None:
         return check
 
     _until("the sensor to reschedule", state("up_for_reschedule"), 180)
-    time.sleep(12)  # two more pokes, still nothing
+    time.sleep(25)  # one more poke, still nothing
     assert prod.get(sensor)["state"] == "up_for_reschedule"
-    prod.stack.set_presto_visible_up_to(date(1996, 6, 10))
+    prod.stack.set_presto_visible_up_to(day)
     _until("the sensor to release the run", state("success"), 120)
     instance = prod.get(sensor)
     assert instance["try_number"] == 1, "rescheduling is not retrying"
