@@ -85,9 +85,11 @@ def _params(config: UseCase) -> dict[str, Param]:
             title="Model selection",
             description="Which Approved version scores this run.",
         ),
+        # Nullable: the trigger form marks a plain string Param required and keeps Trigger
+        # disabled while it is empty.
         PINNED_PARAM: Param(
-            model.pinned_version or "",
-            type="string",
+            model.pinned_version,
+            type=["null", "string"],
             title="Pinned version",
             description="Version number or model package ARN (selection: pinned).",
         ),

@@ -120,9 +120,10 @@ def build_endpoint_dag(config: UseCase, include_dir: Path) -> DAG:
         schedule=_schedule(config),
         tags=["mlops", config.use_case, "endpoint"],
         params={
+            # Nullable, so that the trigger form lets it stay empty (see the batch DAG).
             VERSION_PARAM: Param(
-                "",
-                type="string",
+                None,
+                type=["null", "string"],
                 title="Model version",
                 description="Version number or model package ARN; empty: the triggering "
                 f"approval, else {section.model.selection}",

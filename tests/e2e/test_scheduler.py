@@ -184,9 +184,22 @@ def backfill(prod: Prod, dag_id: str, conf: dict, reprocess: str = "none") -> li
     return ours
 
 
-def failed_tasks(prod: Prod, dag_id: str, run: dict) -> list[str]:
+def failed_tasks(prod: Prod, dag_id: str, run: dict) -> dict[str, str]:
+    """``task_id -> state`` of the run's tasks that did not succeed; a failed task's state is
+    followed by the error lines of its last attempt's log (the root cause, in the assertion)."""
     instances = prod.get(f"dags/{dag_id}/dagRuns/{run['dag_run_id']}/taskInstances")
-    return [t["task_id"] for t in instances["task_instances"] if t["state"] != "success"]
+    found = {}
+    for t in instances["task_instances"]:
+        if t["state"] == "success":
+            continue
+        found[t["task_id"]] = f"{t['state']} (try {t['try_number']})"
+        if t["state"] == "failed":
+            folder = prod.stack.airflow_home / "logs" / f"dag_id={dag_id}"
+            logs = sorted(folder.glob(f"run_id={run['dag_run_id']}/task_id={t['task_id']}/*.log"))
+            lines = logs[-1].read_text(errors="replace").splitlines() if logs else []
+            errors = [line for line in lines if '"error"' in line or "Error" in line]
+            found[t["task_id"]] += ": " + " | ".join((errors or lines)[-6:])[-3000:]
+    return found
 
 
 def _times(record: dict, start: str, end: str) -> tuple[datetime, datetime] | None:
