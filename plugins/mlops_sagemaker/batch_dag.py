@@ -14,14 +14,14 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from airflow.sdk import DAG, Asset, AssetAlias, Param, TaskGroup, get_current_context, task
+from airflow.sdk import DAG, Asset, Param, TaskGroup, get_current_context, task
 
 from mlops_sagemaker import batch_tasks, tasks
 from mlops_sagemaker.config import UseCase
-from mlops_sagemaker.dag_kit import PipelineKit, approved_versions_asset, version_approved_alias
+from mlops_sagemaker.dag_kit import PipelineKit, announce_task, approved_versions_asset
 from mlops_sagemaker.failures import apply_policy
 from mlops_sagemaker.operators import IdempotentTransformOperator
-from mlops_sagemaker.payloads import ExtractManifest
+from mlops_sagemaker.payloads import ASSET_EVENT_KEY, ExtractManifest
 
 log = logging.getLogger(__name__)
 SELECTION_PARAM = "model_selection"
@@ -48,11 +48,6 @@ def drift_asset(config: UseCase) -> Asset:
     )
 
 
-def drift_alias(config: UseCase) -> AssetAlias:
-    """The alias the drift task adds the drift Asset's event to, only when retraining is due."""
-    return AssetAlias(name=f"mlops.{config.use_case}.drift_detected", group="mlops")
-
-
 def _doc(config: UseCase) -> str:
     batch = config.need_batch()
     return f"""\
@@ -65,11 +60,11 @@ def _doc(config: UseCase) -> str:
 | `wait_for_data` | waits (reschedule mode) until `{config.sql_dir}/{batch.data_arrival_query}` is true |
 | `extract` | streams `{config.sql_dir}/{batch.query}` ({batch.lookback_days}-day window) to S3 as gzip CSV parts: key, then the features |
 | `select_model` | `{batch.model.selection}` version of `{config.model_package_group}` (Params `{SELECTION_PARAM}` / `{PINNED_PARAM}` override per run) |
-| `approve` | approval mode `{batch.approval.mode}` |
+| `approve` | approval mode `{batch.approval.mode}`; `announce` adds the approved-versions Asset event when this run approved a version, else is skipped |
 | `model` | SageMaker model of the version (content-addressed name, reused) |
 | `transform` (`plan`, `job`) | SageMaker batch transform; each prediction is joined to its row's key |
 | `check` | every input key exactly once, row counts equal, probabilities in [0, 1]; then Parquet predictions in `{batch_tasks.predictions_root(config)}ds=<ds>/` |
-| `drift` | population stability index per feature against the version's training baseline (warn ≥ {batch.drift.warn}, retrain ≥ {batch.drift.retrain}) |
+| `drift` (`measure`, `announce`) | population stability index per feature against the version's training baseline (warn ≥ {batch.drift.warn}, retrain ≥ {batch.drift.retrain}); `announce` adds the drift Asset event at the retrain level, else is skipped |
 
 Clearing any task is safe: the model and the transform job are reused and the predictions of a
 date are rewritten byte for byte. Owner: {config.owner}.
@@ -113,7 +108,8 @@ def build_batch_inference_dag(config: UseCase, include_dir: Path) -> DAG:
             plan = _plan_transform(config, model_name, manifest)
             transform = IdempotentTransformOperator(task_id="job", config=plan, **kit.job_kwargs())
         summary = _check(config, manifest, transform.output, version)
-        _drift(config, manifest, version, summary)
+        with TaskGroup("drift", tooltip="Feature drift against the training baseline"):
+            _drift(config, manifest, version, summary)
     return dag
 
 
@@ -158,17 +154,18 @@ def _approval(config: UseCase, choice: Any) -> Any:
     if gate is not None:
         # The sensor and the HITL operator read the choice from XCom: order them explicitly.
         choice >> gate >> version
+    if mode in ("auto", "airflow"):
+        source = getattr(gate, "operator", gate).task_id  # an XComArg of @task, or an operator
+        gate >> announce_task(approved_versions_asset(config), source=source)
     return version
 
 
 def _auto_approve(config: UseCase, choice: Any) -> Any:
-    alias = version_approved_alias(config)
-
-    @task(task_id="auto", outlets=[alias])
+    @task(task_id="auto")
     @apply_policy
     def auto(choice: dict) -> str:
         """Approve the pending candidate if its registered metric passes the gate; an approval
-        adds the approved-versions Asset event (the endpoint DAG deploys on it)."""
+        asks ``announce`` for the approved-versions Asset event (the endpoint DAG deploys on it)."""
         from airflow.providers.amazon.aws.hooks.sagemaker import SageMakerHook
 
         from mlops_sagemaker.model_registry import APPROVED, ModelChoice, describe_version
@@ -182,7 +179,7 @@ def _auto_approve(config: UseCase, choice: Any) -> Any:
             now = describe_version(conn, candidate.pending.arn)
             if now.status == APPROVED:
                 extra = {"model_package_arn": now.arn, "version": now.version, "by": "auto"}
-                context["outlet_events"][alias].add(approved_versions_asset(config), extra=extra)
+                context["ti"].xcom_push(key=ASSET_EVENT_KEY, value=extra)
         return decision
 
     return auto(choice)
@@ -194,8 +191,6 @@ def _ask_in_airflow(config: UseCase) -> Any:
     approval, gate = config.need_batch().approval, config.approval_gate()
     return RegistryApprovalOperator(
         task_id="ask",
-        approved_asset=approved_versions_asset(config),
-        outlets=[version_approved_alias(config)],
         aws_conn_id=config.connections.aws,
         choice_task_id="select_model",
         metric=gate.metric,
@@ -298,9 +293,9 @@ def _check(config: UseCase, manifest: Any, transform_result: Any, version: Any) 
 
 
 def _drift(config: UseCase, manifest: Any, version: Any, summary: Any) -> Any:
-    predictions, alias = predictions_asset(config), drift_alias(config)
+    predictions = predictions_asset(config)
 
-    @task(task_id="drift", outlets=[predictions, alias])
+    @task(task_id="measure", outlets=[predictions])
     @apply_policy
     def drift(manifest: dict, version: dict, summary: dict) -> dict:
         """PSI per feature against the training baseline; the predictions' Asset event."""
@@ -322,7 +317,7 @@ def _drift(config: UseCase, manifest: Any, version: Any, summary: Any) -> Any:
         extra["drift_warnings"] = list(outcome.warnings)
         context["outlet_events"][predictions].extra = extra
         if outcome.level == "retrain":
-            context["outlet_events"][alias].add(drift_asset(config), extra=extra)
+            context["ti"].xcom_push(key=ASSET_EVENT_KEY, value=extra)
             if config.need_batch().drift.fail_on_retrain:
                 raise DriftDetected(
                     f"Feature drift over the retrain threshold: {outcome.psi} (report "
@@ -330,7 +325,9 @@ def _drift(config: UseCase, manifest: Any, version: Any, summary: Any) -> Any:
                 )
         return outcome.as_xcom()
 
-    return drift(manifest, version, summary)
+    measured = drift(manifest, version, summary)
+    measured >> announce_task(drift_asset(config), source=measured.operator.task_id)
+    return measured
 
 
 __all__ = ["build_batch_inference_dag", "drift_asset", "predictions_asset"]

@@ -16,13 +16,14 @@ from pathlib import Path
 from typing import Any
 
 import jinja2
-from airflow.sdk import DAG, Asset, AssetAlias, Param, get_current_context, task
+from airflow.sdk import DAG, Asset, Param, get_current_context, task
 
 from mlops_sagemaker import tasks
 from mlops_sagemaker.config import BatchInference, Training, UseCase
 from mlops_sagemaker.failures import apply_policy
 from mlops_sagemaker.notifications import notifiers
 from mlops_sagemaker.operators import CHECK_INTERVAL_PARAM, DataArrivalSensor, PrestoToS3Operator
+from mlops_sagemaker.payloads import ASSET_EVENT_KEY
 from mlops_sagemaker.timetables import RangedCronDataIntervalTimetable
 
 
@@ -196,9 +197,31 @@ def approved_versions_asset(config: UseCase) -> Asset:
     )
 
 
-def version_approved_alias(config: UseCase) -> AssetAlias:
-    """The alias an approval task adds the approved-versions event to, only when it approved."""
-    return AssetAlias(name=f"mlops.{config.use_case}.version_approved", group="mlops")
+def announce_task(asset: Asset, source: str, task_id: str = "announce") -> Any:
+    """A task adding ``asset``'s event with the extra the task ``source`` pushed to XCom under
+    ``ASSET_EVENT_KEY``; skipped when ``source`` pushed none (a re-run that found its version,
+    an approval that did not approve, drift below the retrain level), so it emits nothing then.
+
+    Why not an ``AssetAlias`` outlet on ``source``: Airflow 3.3.2's execution API links an alias
+    to its asset with a check-then-insert (``AssetManager._add_asset_alias_association``). When
+    two runs emit through the same alias for the first time at the same moment (a backfill with
+    ``max_active_runs`` > 1), the second insert violates ``asset_alias_asset_pkey`` and the API
+    server sets that task ``failed``, with no retry. A static Asset outlet has no such insert
+    (its run queue uses ``ON CONFLICT DO NOTHING``)."""
+
+    @task(task_id=task_id, outlets=[asset], retries=0)
+    def announce() -> dict:
+        """Add the event ``source`` asked for, or skip."""
+        from airflow.sdk.exceptions import AirflowSkipException
+
+        context = get_current_context()
+        extra = context["ti"].xcom_pull(task_ids=source, key=ASSET_EVENT_KEY)
+        if extra is None:
+            raise AirflowSkipException(f"{source} made nothing new: no {asset.name} event")
+        context["outlet_events"][asset].extra = extra
+        return extra
+
+    return announce()
 
 
 def check_run_date_task(config: UseCase, pipeline: str) -> Any:
@@ -217,8 +240,8 @@ def check_run_date_task(config: UseCase, pipeline: str) -> Any:
 __all__ = [
     "Opening",
     "PipelineKit",
+    "announce_task",
     "approved_versions_asset",
     "check_run_date_task",
     "default_args",
-    "version_approved_alias",
 ]

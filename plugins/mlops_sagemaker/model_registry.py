@@ -26,11 +26,12 @@ from typing import Any, Literal
 
 from airflow.providers.amazon.aws.hooks.sagemaker import SageMakerHook
 from airflow.providers.standard.operators.hitl import ApprovalOperator
-from airflow.sdk import Asset, AssetAlias, BaseSensorOperator
+from airflow.sdk import BaseSensorOperator
 from airflow.sdk.exceptions import AirflowSkipException
 from botocore.exceptions import ClientError
 
 from mlops_sagemaker.failures import ClassifiedError, failure_policy
+from mlops_sagemaker.payloads import ASSET_EVENT_KEY
 
 APPROVED = "Approved"
 PENDING = "PendingManualApproval"
@@ -552,7 +553,8 @@ class RegistryApprovalOperator(ApprovalOperator):
     ``Approved``; Reject sets it ``Rejected`` and skips the downstream tasks (the parent's
     behaviour; with ``fail_on_reject`` the task fails with :class:`ModelRejected` instead).
     The return value (XCom) is ``{"decision", "model_package_arn", "version"}``: the ARN to
-    score with, ``None`` when the candidate was rejected."""
+    score with, ``None`` when the candidate was rejected. An approval also pushes the
+    approved-versions event's extra (XCom ``asset_event``) for the ``announce`` task after it."""
 
     def __init__(
         self,
@@ -562,12 +564,9 @@ class RegistryApprovalOperator(ApprovalOperator):
         threshold: float,
         aws_conn_id: str | None = "aws_default",
         subject: str = "Approve a model version for batch scoring",
-        approved_asset: Asset | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(subject=subject, **kwargs)
-        # Added through the AssetAlias outlet only when the person approves (see execute_complete).
-        self.approved_asset = approved_asset
         self.choice_task_id = choice_task_id
         self.metric = metric
         self.threshold = threshold
@@ -628,11 +627,9 @@ class RegistryApprovalOperator(ApprovalOperator):
         )
         self.log.info("Model %s set %s in the registry (%s)", candidate.label(), status, who)
         decision = _decision(status.lower(), replace(candidate, status=status))
-        if approve and self.approved_asset is not None:
+        if approve:
             extra = {"model_package_arn": candidate.arn, "version": candidate.version, "by": who}
-            for outlet in self.outlets:
-                if isinstance(outlet, AssetAlias):
-                    context["outlet_events"][outlet].add(self.approved_asset, extra=extra)
+            context["ti"].xcom_push(key=ASSET_EVENT_KEY, value=extra)
         if not approve:
             # The parent skips downstream by raising, so its return value never reaches XCom:
             # push the decision first.

@@ -36,11 +36,12 @@ from airflow.providers.amazon.aws.operators.sagemaker import (
 )
 from airflow.providers.common.sql.sensors.sql import SqlSensor
 from airflow.providers.standard.operators.hitl import ApprovalOperator
-from airflow.sdk import Asset, AssetAlias, BaseOperator, BaseSensorOperator
+from airflow.sdk import BaseOperator, BaseSensorOperator
 from airflow.sdk.exceptions import AirflowFailException, TaskDeferred
 
 from mlops_sagemaker.failures import JobFailed, Kind, failure_policy
 from mlops_sagemaker.naming import MAX_NAME, MAX_TUNING_NAME, attempt_name, attempt_of
+from mlops_sagemaker.payloads import ASSET_EVENT_KEY
 
 TERMINAL_OK = "Completed"
 RUNNING = {"InProgress", "Stopping"}
@@ -420,9 +421,10 @@ def ensure_model_package_group(conn: Any, request: dict[str, Any]) -> bool:
 class IdempotentRegisterModelVersionOperator(SageMakerRegisterModelVersionOperator):
     """Registers one model version per run date and model.
 
-    The Asset event goes through an ``AssetAlias`` outlet: the event for ``new_version_asset`` is
-    added only when this try registered the version, so a re-run that finds its version emits
-    nothing (a static Asset outlet would emit on every successful try)."""
+    Only a try that registered the version pushes its Asset event's extra (XCom
+    ``asset_event``) for the ``announce`` task after it (``dag_kit.announce_task``), so a re-run
+    that finds its version emits nothing (a static Asset outlet here would emit on every
+    successful try)."""
 
     template_fields: Sequence[str] = (
         *SageMakerRegisterModelVersionOperator.template_fields,
@@ -433,13 +435,11 @@ class IdempotentRegisterModelVersionOperator(SageMakerRegisterModelVersionOperat
     def __init__(
         self,
         *,
-        new_version_asset: Asset | None = None,
         package_group: dict[str, Any] | None = None,
         on_new_version: list[Any] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        self.new_version_asset = new_version_asset
         # Notifiers (notifications.py) called once the version exists, with its ARN in the
         # context as ``model_package_arn``; a re-run that finds the version calls none.
         self.on_new_version = on_new_version or []
@@ -447,7 +447,7 @@ class IdempotentRegisterModelVersionOperator(SageMakerRegisterModelVersionOperat
         self.package_group = package_group
 
     def execute(self, context: Any) -> str:
-        """Return the existing version's ARN, or register a new one (and emit its event)."""
+        """Return the existing version's ARN, or register a new one (and push its event)."""
         key = self.extras["CustomerMetadataProperties"]["registration_key"]
         arn = find_registered_version(self.hook.conn, self.package_group_name, key)
         if arn:
@@ -467,10 +467,7 @@ class IdempotentRegisterModelVersionOperator(SageMakerRegisterModelVersionOperat
             "approval_status": described["ModelApprovalStatus"],
             "run_date": self.extras["CustomerMetadataProperties"].get("run_date", ""),
         }
-        if self.new_version_asset is not None:
-            for outlet in self.outlets:
-                if isinstance(outlet, AssetAlias):
-                    context["outlet_events"][outlet].add(self.new_version_asset, extra=extra)
+        context["ti"].xcom_push(key=ASSET_EVENT_KEY, value=extra)
         self._notify_new_version(context, arn)
         return arn
 

@@ -15,6 +15,10 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any, Self
 
+# The XCom key under which a task leaves the extra of the Asset event that its ``announce`` task
+# (``dag_kit.announce_task``) adds; no value there means no event.
+ASSET_EVENT_KEY = "asset_event"
+
 
 class PayloadError(ValueError):
     """An XCom value does not have the fields of the payload a task expects."""

@@ -12,11 +12,11 @@ import json
 from pathlib import Path
 from typing import Any
 
-from airflow.sdk import DAG, Asset, AssetAlias, Param, TaskGroup, get_current_context, task
+from airflow.sdk import DAG, Asset, Param, TaskGroup, get_current_context, task
 
 from mlops_sagemaker import tasks
 from mlops_sagemaker.config import UseCase
-from mlops_sagemaker.dag_kit import PipelineKit
+from mlops_sagemaker.dag_kit import PipelineKit, announce_task
 from mlops_sagemaker.failures import apply_policy
 from mlops_sagemaker.notifications import notifiers
 from mlops_sagemaker.operators import (
@@ -34,11 +34,6 @@ def model_versions_asset(config: UseCase) -> Asset:
         uri=f"sagemaker://model-package-group/{config.model_package_group}",
         group="mlops",
     )
-
-
-def new_model_version_alias(config: UseCase) -> AssetAlias:
-    """The alias ``register`` adds the model-versions Asset event to, only for a new version."""
-    return AssetAlias(name=f"mlops.{config.use_case}.new_model_version", group="mlops")
 
 
 def _doc(config: UseCase) -> str:
@@ -59,7 +54,7 @@ def _doc(config: UseCase) -> str:
 | `tune` (`plan`, `job`, `best_model`) | SageMaker {t.strategy} tuning of a RandomForest, {t.max_jobs} jobs ({t.max_parallel_jobs} in parallel), objective `{t.objective.metric_name}` ({t.objective.type}) |
 | `evaluate` (`plan`, `job`) | SageMaker Processing runs `evaluate.py` on the best model and the test split |
 | `quality_gate` | fails unless test `{evaluation.metric}` ≥ {evaluation.threshold} (Param `evaluation_threshold` overrides per run) |
-| `register` (`plan`, `version`) | new version in model package group `{registry.model_package_group}` with status `{registry.approval_status}` |
+| `register` (`plan`, `version`, `announce`) | new version in model package group `{registry.model_package_group}` with status `{registry.approval_status}`; `announce` adds its Asset event, skipped when a re-run found the version |
 
 Clearing any task is safe: jobs whose inputs did not change are reused, not re-run, and a run date
 registers at most one version per model. Owner: {config.owner}.
@@ -104,7 +99,10 @@ def build_training_dag(config: UseCase, include_dir: Path) -> DAG:
             evaluate = _processing_job(kit, _plan_evaluation(config, staged, split.output, model))
         gate = _quality_gate(config, evaluate.output)
         with TaskGroup("register", tooltip="Register a model version (SageMaker Model Registry)"):
-            _register(config, _plan_registration(config, staged, model, gate, manifest, split))
+            version = _register(
+                config, _plan_registration(config, staged, model, gate, manifest, split)
+            )
+            version >> announce_task(model_versions_asset(config), source=version.task_id)
     return dag
 
 
@@ -216,10 +214,8 @@ def _register(config: UseCase, registration: Any) -> IdempotentRegisterModelVers
         package_desc=registration["package_desc"],
         extras=registration["extras"],
         package_group=registration["package_group"],
-        outlets=[new_model_version_alias(config)],
-        new_version_asset=model_versions_asset(config),
         on_new_version=notifiers(config, "new_version"),
     )
 
 
-__all__ = ["build_training_dag", "model_versions_asset", "new_model_version_alias"]
+__all__ = ["build_training_dag", "model_versions_asset"]

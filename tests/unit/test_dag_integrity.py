@@ -88,7 +88,7 @@ def test_training_dag_shape_and_ui_metadata(parsed: dict) -> None:
     expected = [
         "check_run_date", "wait_for_data", "extract", "stage_code", "split.plan", "split.job",
         "tune.plan", "tune.job", "tune.best_model", "evaluate.plan", "evaluate.job",
-        "quality_gate", "register.plan", "register.version",
+        "quality_gate", "register.plan", "register.version", "register.announce",
     ]  # fmt: skip
     assert sorted(dag["tasks"]) == sorted(expected)
     assert dag["retries"]["extract"] == 2
@@ -180,11 +180,18 @@ def test_each_approval_mode_builds_its_approve_group(tmp_path: Path, mode: str) 
     parsed = parse_dags(ROOT / "dags", {"MLOPS_INCLUDE_DIR": str(include)})
     tasks = parsed["dags"]["mlops_tpch_orders_batch_inference"]["tasks"]
     approve = sorted(t for t in tasks if t.startswith("approve."))
-    steps = {"none": [], "auto": ["approve.auto"], "airflow": ["approve.ask"]}
+    steps = {
+        "none": [],
+        "auto": ["approve.auto", "approve.announce"],
+        "airflow": ["approve.ask", "approve.announce"],
+    }
     assert approve == sorted([*steps.get(mode, ["approve.wait"]), "approve.version"])
     upstream = parsed["dags"]["mlops_tpch_orders_batch_inference"]["upstream"]
     for step in approve:  # each reads the choice from XCom: it must run after select_model
-        assert "select_model" in upstream[step], step
+        if step != "approve.announce":
+            assert "select_model" in upstream[step], step
+    if len(steps.get(mode, [])) == 2:  # announce reads what the approval step pushed
+        assert upstream["approve.announce"] == [steps[mode][0]]
 
 
 def test_retrain_on_assets_adds_a_dispatcher_and_cron_null_drops_the_time_schedule(
