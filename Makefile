@@ -49,6 +49,7 @@ bench: install
 	PYTHONPATH=. $(BIN)/python bench/dag_parse_time.py
 	PYTHONPATH=. $(BIN)/python bench/runtime_overhead.py
 	PYTHONPATH=. $(BIN)/python bench/extract_memory.py
+	PYTHONPATH=. $(BIN)/python bench/extract_unload.py
 
 # Also forgets the local AWS endpoint's saved state (.local/sagemaker: S3, jobs, registry);
 # `LOCAL_STACK_CLEAN=1 make ui` forgets only that.

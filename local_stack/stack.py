@@ -3,7 +3,9 @@
 Used by ``make demo`` (``local_stack.demo``), ``make ui`` (``local_stack.ui``) and the
 end-to-end tests. The stack is two processes on loopback ports:
 
-* the Presto stand-in (``PRESTO_PORT``, default 18080): catalog ``tpch``;
+* the Presto stand-in (``PRESTO_PORT``, default 18080): catalog ``tpch``, and catalog ``hive``
+  (a Hive connector on the local S3, ``<home>/presto-tls/hive.properties``, with the schema
+  ``mlops_scratch``) for the ``presto_unload`` extraction;
 * the local AWS endpoint (``AWS_ENDPOINT_PORT``, default 4566): SageMaker from our runtime,
   S3/STS/CloudWatch/Logs from moto.
 
@@ -124,6 +126,10 @@ class LocalStack:
     )
     bucket: str = "mlops-local"
     presto_schemas: str = "tiny"
+    # The Hive catalog's scratch schemas (created at start) and the Parquet files one CREATE
+    # TABLE AS writes (Presto's task.writer-count): several, so a sharded split gets a share each.
+    hive_schemas: tuple[str, ...] = ("mlops_scratch",)
+    presto_writer_count: int = 4
     presto_user: str = "airflow"
     presto_password: str = field(
         default_factory=lambda: os.environ.get("PRESTO_PASSWORD") or secrets.token_urlsafe(24),
@@ -152,6 +158,46 @@ class LocalStack:
     def _presto_visible_up_to_file(self) -> Path:
         # In the folder start() empties, so a date set in an earlier run never hides data.
         return self.presto_ca_path.parent / "visible-up-to"
+
+    @property
+    def hive_catalog_path(self) -> Path:
+        """The stand-in's Hive catalog file (Presto's ``etc/catalog/hive.properties``)."""
+        return self.presto_ca_path.parent / "hive.properties"
+
+    def _write_hive_catalog(self) -> None:
+        # The settings a real Presto needs for CREATE TABLE ... WITH (external_location) AS on
+        # S3 (README, "Extraction without Airflow"): the S3 endpoint, path-style addressing,
+        # credentials and non-managed writes.
+        self.hive_catalog_path.parent.mkdir(parents=True, exist_ok=True)
+        self.hive_catalog_path.write_text(
+            "connector.name=hive-hadoop2\n"
+            "hive.metastore=file\n"
+            f"hive.metastore.catalog.dir={self.home / 'hive-metastore'}\n"
+            f"hive.s3.endpoint={self.aws_url}\n"
+            "hive.s3.path-style-access=true\n"
+            f"hive.s3.aws-access-key={DUMMY_KEY}\n"
+            f"hive.s3.aws-secret-key={DUMMY_KEY}\n"
+            "hive.non-managed-table-writes-enabled=true\n",
+            encoding="utf-8",
+        )
+
+    def presto_execute(self, sql: str) -> list[list[Any]]:
+        """Run one statement on the stand-in as the stack's user; return its rows."""
+        import prestodb
+
+        connection = prestodb.dbapi.connect(
+            host="127.0.0.1",
+            port=self.presto_port,
+            user=self.presto_user,
+            http_scheme="https",
+            auth=prestodb.auth.BasicAuthentication(self.presto_user, self.presto_password),
+        )
+        session = connection._http_session
+        session.verify = str(self.presto_ca_path)
+        session.trust_env = False  # or REQUESTS_CA_BUNDLE would override `verify`
+        cursor = connection.cursor()
+        cursor.execute(sql)
+        return cursor.fetchall()
 
     def set_presto_visible_up_to(self, day: datetime.date | None) -> None:
         """Make the stand-in's TPC-H data look loaded only up to ``day`` (inclusive).
@@ -289,16 +335,21 @@ class LocalStack:
             if not _free(port):
                 raise RuntimeError(f"port {port} is in use: set {what} to a free port")
         shutil.rmtree(self.presto_ca_path.parent, ignore_errors=True)
+        self._write_hive_catalog()
         presto = self._spawn(
             "presto-standin",
             ["local_stack.presto_standin", "--port", str(self.presto_port),
              "--schemas", self.presto_schemas, "--eager", "tiny",
              "--tls", "--tls-dir", str(self.presto_ca_path.parent),
-             "--visible-up-to-file", str(self._presto_visible_up_to_file)],
+             "--visible-up-to-file", str(self._presto_visible_up_to_file),
+             "--hive-catalog", str(self.hive_catalog_path),
+             "--writer-count", str(self.presto_writer_count)],
             env={"PRESTO_STANDIN_USERS": f"{self.presto_user}:{self.presto_password}"},
         )  # fmt: skip
         self.start_aws(clean=self.clean)
         _wait_until(self._presto_answers, "Presto stand-in", 120, presto)
+        for schema in self.hive_schemas:
+            self.presto_execute(f"CREATE SCHEMA IF NOT EXISTS hive.{schema}")
         s3 = self.client("s3")
         if self.bucket not in {b["Name"] for b in s3.list_buckets()["Buckets"]}:
             s3.create_bucket(Bucket=self.bucket)  # kept from an earlier start otherwise

@@ -5,7 +5,18 @@ It has no dependency on Airflow; it needs ``step_common.py`` (failure reporting)
 which holds because the job receives the whole step-code folder.
 
 Inputs: every ``*.parquet`` and ``*.csv`` file under ``--input-dir`` (recursively), as written by
-the extraction task (one row per entity, a key column, numeric feature columns, a binary label).
+the extraction task (one row per entity, a key column, numeric feature columns, a binary label),
+and every file without an extension that is Parquet (its first bytes are ``PAR1``): Presto's Hive
+writer names its files ``<query id>_<uuid>`` (``extract.mode: presto_unload``). Names starting
+with ``.`` or ``_`` are hidden (Hadoop's convention: staging folders, ``_SUCCESS`` markers).
+
+Sharded (``--shard-outputs``, ``presto_unload``): SageMaker gives each of several instances its
+share of the files (``ShardedByS3Key``); each instance writes its rows of every split as
+``<split>/<split>-<host>.csv`` (host from ``--resource-config``, SageMaker's
+``/opt/ml/config/resourceconfig.json``), so the instances' uploads to one S3 prefix never
+collide, and no baseline; an instance whose share is empty writes nothing. Then one instance
+runs ``--merge-dir`` over those splits: the checks that need every row (unique keys, both label
+classes, no empty split) and ``baseline/baseline.json`` exactly as an unsharded run writes it.
 
 Outputs under ``--output-dir``:
 
@@ -104,6 +115,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--train-fraction", type=float, default=0.7)
     parser.add_argument("--validation-fraction", type=float, default=0.15)
     parser.add_argument("--split-salt", default="")
+    parser.add_argument("--shard-outputs", action="store_true", help="one shard of the input")
+    parser.add_argument("--resource-config", default="/opt/ml/config/resourceconfig.json")
+    parser.add_argument("--merge-dir", help="the splits of a sharded run: write the baseline")
     args = parser.parse_args(argv)
     _check_fractions(args.train_fraction, args.validation_fraction)
     columns = [args.key_column, args.label_column, *args.feature_columns]
@@ -129,25 +143,48 @@ def _check_fractions(train_fraction: float, validation_fraction: float) -> None:
 # --------------------------------------------------------------------------- reading
 
 
-def read_input(input_dir: Path) -> pd.DataFrame:
-    """Read and concatenate every Parquet/CSV file under ``input_dir`` (sorted by path)."""
+PARQUET_MAGIC = b"PAR1"
+
+
+def _input_format(path: Path) -> str | None:
+    """``parquet``, ``csv`` or None (not an input file) for one file under the input dir."""
+    if path.name.startswith((".", "_")):
+        return None
+    suffix = path.suffix.lower()
+    if suffix in (".parquet", ".csv"):
+        return suffix[1:]
+    if not suffix:
+        with path.open("rb") as handle:
+            return "parquet" if handle.read(4) == PARQUET_MAGIC else None
+    return None
+
+
+def input_files(input_dir: Path) -> list[tuple[Path, str]]:
+    """Every input file under ``input_dir`` (sorted by path) with its format."""
     if not input_dir.is_dir():
         raise DataValidationError(f"input directory {input_dir} does not exist")
-    files = sorted(
-        p for p in input_dir.rglob("*") if p.is_file() and p.suffix.lower() in (".parquet", ".csv")
-    )
+    found = ((p, _input_format(p)) for p in sorted(input_dir.rglob("*")) if p.is_file())
+    return [(path, kind) for path, kind in found if kind is not None]
+
+
+def _read_csv(path: Path) -> pd.DataFrame:
+    # pandas' default float parser can be off in the last bit; the splits are written with
+    # every digit, and a merged baseline must equal the unsharded one exactly.
+    return pd.read_csv(path, float_precision="round_trip")
+
+
+def read_input(input_dir: Path, files: Sequence[tuple[Path, str]] | None = None) -> pd.DataFrame:
+    """Read and concatenate every Parquet/CSV file under ``input_dir`` (sorted by path)."""
+    files = input_files(input_dir) if files is None else files
     if not files:
         raise DataValidationError(
             f"no *.parquet or *.csv files under {input_dir}: did the extraction write any rows "
             "for this run date?"
         )
     frames = []
-    for path in files:
+    for path, kind in files:
         try:
-            if path.suffix.lower() == ".parquet":
-                frames.append(pq.read_table(path).to_pandas())
-            else:
-                frames.append(pd.read_csv(path))
+            frames.append(pq.read_table(path).to_pandas() if kind == "parquet" else _read_csv(path))
         except Exception as exc:
             raise DataValidationError(f"cannot read {path}: {exc}") from exc
     frames = [f for f in frames if len(f.columns)]
@@ -169,9 +206,17 @@ def _examples(values: Sequence[Any]) -> str:
 
 
 def validate(
-    frame: pd.DataFrame, key_column: str, label_column: str, feature_columns: Sequence[str]
+    frame: pd.DataFrame,
+    key_column: str,
+    label_column: str,
+    feature_columns: Sequence[str],
+    *,
+    whole: bool = True,
 ) -> pd.DataFrame:
-    """Check the frame and return ``key, features..., label`` with a 0/1 integer label."""
+    """Check the frame and return ``key, features..., label`` with a 0/1 integer label.
+
+    ``whole=False`` (one shard of a sharded run): a shard may lack a label class; the merge
+    checks that on every row."""
     required = [key_column, *feature_columns, label_column]
     missing = [c for c in required if c not in frame.columns]
     if missing:
@@ -218,7 +263,7 @@ def validate(
     label_int = label_values.astype("int64")
     counts = {cls: int((label_int == cls).sum()) for cls in (0, 1)}
     for cls in (0, 1):
-        if counts[cls] == 0:
+        if counts[cls] == 0 and whole:
             raise DataValidationError(
                 f"label column {label_column} has only one class: class {1 - cls} has "
                 f"{counts[1 - cls]} rows, class {cls} is missing (0 rows); a classifier needs "
@@ -373,27 +418,18 @@ def _write_csv(frame: pd.DataFrame, path: Path) -> None:
     frame.to_csv(path, index=False, **{_LINE_TERMINATOR_ARG: "\n"})
 
 
-def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    """Validate, split and write the outputs; return the baseline document."""
-    args = parse_args(argv)
-    input_dir, output_dir = Path(args.input_dir), Path(args.output_dir)
-    frame = read_input(input_dir)
-    data = validate(frame, args.key_column, args.label_column, args.feature_columns)
-    data = data.sort_values(args.key_column, kind="mergesort").reset_index(drop=True)
-    splits = assign_splits(
-        data[args.key_column], args.train_fraction, args.validation_fraction, args.split_salt
-    )
+def _check_no_empty_split(splits: pd.Series, rows: int, args: argparse.Namespace) -> None:
     empty = [s for s in SPLITS if not (splits == s).any()]
     if empty:
         raise DataValidationError(
-            f"split(s) {', '.join(empty)} would be empty with {len(data)} input rows, "
+            f"split(s) {', '.join(empty)} would be empty with {rows} input rows, "
             f"train_fraction={args.train_fraction} and "
             f"validation_fraction={args.validation_fraction}: extract more rows (longer "
             "lookback window) or change the fractions"
         )
-    for name in SPLITS:
-        _write_csv(data[splits == name], output_dir / name / f"{name}.csv")
 
+
+def _write_baseline(data: pd.DataFrame, splits: pd.Series, args: argparse.Namespace) -> dict:
     baseline = build_baseline(
         data,
         splits,
@@ -404,7 +440,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         args.validation_fraction,
         args.split_salt,
     )
-    baseline_path = output_dir / "baseline" / "baseline.json"
+    baseline_path = Path(args.output_dir) / "baseline" / "baseline.json"
     baseline_path.parent.mkdir(parents=True, exist_ok=True)
     baseline_path.write_text(
         json.dumps(baseline, indent=2, allow_nan=False) + "\n", encoding="utf-8"
@@ -414,9 +450,83 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         f"preprocess: rows={rows['total']} train={rows['train']} "
         f"validation={rows['validation']} test={rows['test']} "
         f"positive_rate={baseline['label']['all']['positive_rate']:.4f} "
-        f"features={len(args.feature_columns)} output={output_dir}"
+        f"features={len(args.feature_columns)} output={args.output_dir}"
     )
     return baseline
+
+
+def current_host(resource_config: Path) -> str:
+    """This instance's host name (``algo-1`` ...) from SageMaker's resource config."""
+    try:
+        return str(json.loads(resource_config.read_text(encoding="utf-8"))["current_host"])
+    except (OSError, ValueError, KeyError) as exc:
+        raise DataValidationError(
+            f"--shard-outputs needs the instance's host name from {resource_config}: {exc}"
+        ) from exc
+
+
+def _split(args: argparse.Namespace) -> dict[str, Any]:
+    """Validate and split the input (all of it, or this instance's shard)."""
+    input_dir, output_dir = Path(args.input_dir), Path(args.output_dir)
+    files = input_files(input_dir)
+    suffix = f"-{current_host(Path(args.resource_config))}" if args.shard_outputs else ""
+    if args.shard_outputs and not files:
+        # More instances than files: this one got no share; the others have every row.
+        print(f"preprocess: no input files for this instance under {input_dir}: nothing to do")
+        return {}
+    frame = read_input(input_dir, files)
+    data = validate(
+        frame, args.key_column, args.label_column, args.feature_columns,
+        whole=not args.shard_outputs,
+    )  # fmt: skip
+    data = data.sort_values(args.key_column, kind="mergesort").reset_index(drop=True)
+    splits = assign_splits(
+        data[args.key_column], args.train_fraction, args.validation_fraction, args.split_salt
+    )
+    if not args.shard_outputs:
+        _check_no_empty_split(splits, len(data), args)
+    for name in SPLITS:
+        _write_csv(data[splits == name], output_dir / name / f"{name}{suffix}.csv")
+    if args.shard_outputs:
+        counts = {name: int((splits == name).sum()) for name in SPLITS}
+        print(f"preprocess: shard{suffix} rows={len(data)} {counts} output={output_dir}")
+        return {"rows": {"total": len(data), **counts}}
+    return _write_baseline(data, splits, args)
+
+
+def _merge(args: argparse.Namespace) -> dict[str, Any]:
+    """The splits of a sharded run: all-row checks and the one baseline."""
+    merge_dir = Path(args.merge_dir)
+    frames, names = [], []
+    for name in SPLITS:
+        part = read_input(merge_dir / name)
+        frames.append(part)
+        names.append(pd.Series(name, index=range(len(part))))
+    frame = pd.concat(frames, ignore_index=True)
+    written = pd.concat(names, ignore_index=True)
+    data = validate(frame, args.key_column, args.label_column, args.feature_columns)
+    order = data[args.key_column].sort_values(kind="mergesort").index
+    data, written = (
+        data.loc[order].reset_index(drop=True),
+        written.loc[order].reset_index(drop=True),
+    )
+    splits = assign_splits(
+        data[args.key_column], args.train_fraction, args.validation_fraction, args.split_salt
+    )
+    if not (splits == written).all():
+        raise DataValidationError(
+            f"{int((splits != written).sum())} row(s) under {merge_dir} are not in the split "
+            "their key hashes to: the shards were split with other fractions or salt"
+        )
+    _check_no_empty_split(splits, len(data), args)
+    return _write_baseline(data, splits, args)
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    """Validate, split and write the outputs (or merge a sharded run's); return the baseline
+    document (a shard's row counts for one shard of a sharded run)."""
+    args = parse_args(argv)
+    return _merge(args) if args.merge_dir else _split(args)
 
 
 if __name__ == "__main__":

@@ -17,8 +17,9 @@ is fetched from DuckDB when the client asks for it.
 Fidelity: what it cannot translate faithfully fails loudly with a Presto ``NOT_SUPPORTED`` error
 naming the problem, instead of returning different data. Known differences: ``varchar(n)``
 columns are reported as ``varchar``; decimal division gives ``double``; only read queries,
-``SHOW``, ``DESCRIBE`` and prepared statements are supported; pages are counted in rows, not
-bytes.
+``SHOW``, ``DESCRIBE`` and prepared statements are supported, plus, with a Hive catalog file
+(``hive_catalog``), ``CREATE SCHEMA``, ``CREATE TABLE ... WITH (external_location) AS`` writing
+Parquet to S3 and ``DROP TABLE`` (``hive.py``); pages are counted in rows, not bytes.
 
 Use in tests::
 

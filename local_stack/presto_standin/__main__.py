@@ -47,6 +47,13 @@ def main(argv: list[str] | None = None) -> int:
         "--visible-up-to-file",
         help="file that may hold an ISO date D: orders after D and their line items are hidden",
     )
+    parser.add_argument(
+        "--hive-catalog",
+        help="Presto catalog file of a Hive connector on S3 (etc/catalog/hive.properties)",
+    )
+    parser.add_argument(
+        "--writer-count", type=int, default=1, help="Parquet files per CREATE TABLE AS"
+    )
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
 
@@ -68,6 +75,8 @@ def main(argv: list[str] | None = None) -> int:
         tls=args.tls,
         tls_dir=args.tls_dir,
         visible_up_to_file=args.visible_up_to_file,
+        hive_catalog=args.hive_catalog,
+        writer_count=args.writer_count,
     )
     standin.start()
     trust = f", certificate {standin.ca_path}" if standin.ca_path else ""

@@ -56,6 +56,7 @@ import duckdb
 from . import errors, grammar, security
 from .catalog import CATALOG, TpchCatalog
 from .errors import PrestoError
+from .hive import ActionPlan, HiveCatalog, load_settings
 from .translate import DuckDBPlan, Session, StaticPlan, Translator, parse_prepared_header
 from .types import Encoder, encode_rows, presto_type, simple_type
 from .visibility import VisibleUpToFile
@@ -120,6 +121,15 @@ class _StaticSource(_Source):
 
 
 @dataclass
+class _RunningAction:
+    """A statement with side effects running in the background; ``result`` once ``done``."""
+
+    done: threading.Event = field(default_factory=threading.Event)
+    result: StaticPlan | None = None
+    error: PrestoError | None = None
+
+
+@dataclass
 class _Query:
     id: str
     slug: str
@@ -142,7 +152,7 @@ class _Query:
     rows: int = 0
     fault: _Fault | None = None
     delay: float = 0.0
-    plan: DuckDBPlan | StaticPlan | None = None
+    plan: DuckDBPlan | StaticPlan | ActionPlan | _RunningAction | None = None
     queued_polls: int = 0
     last_access: float = field(default_factory=time.monotonic)
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -227,6 +237,10 @@ class PrestoStandin:
     :param visible_up_to_file: a text file holding an ISO date D, checked on every query: while
         it exists, ``orders`` rows dated after D and their ``lineitem`` rows are invisible, as
         if not loaded yet. Without it (the default) all data is visible.
+    :param hive_catalog: a Presto catalog file (``etc/catalog/hive.properties``) of a Hive
+        connector on S3: ``CREATE TABLE ... AS`` writes Parquet there (``hive.py``).
+    :param writer_count: Parquet files one ``CREATE TABLE ... AS`` writes (Presto's
+        ``task.writer-count``).
     """
 
     def __init__(
@@ -245,6 +259,8 @@ class PrestoStandin:
         tls: bool = False,
         tls_dir: str | Path | None = None,
         visible_up_to_file: str | Path | None = None,
+        hive_catalog: str | Path | None = None,
+        writer_count: int = 1,
     ) -> None:
         if page_rows < 1:
             raise ValueError("page_rows must be at least 1")
@@ -267,8 +283,9 @@ class PrestoStandin:
         self.poll_wait = poll_wait
         self.catalog: TpchCatalog | None = None
         self.visible_up_to = VisibleUpToFile(visible_up_to_file) if visible_up_to_file else None
+        self.hive = HiveCatalog(load_settings(hive_catalog), writer_count) if hive_catalog else None
         self.translator = Translator(
-            self.schemas, self.visible_up_to.read if self.visible_up_to else None
+            self.schemas, self.visible_up_to.read if self.visible_up_to else None, self.hive
         )
         self._queries: dict[str, _Query] = {}
         self._registry_lock = threading.Lock()
@@ -445,7 +462,7 @@ class PrestoStandin:
     def _step(self, query: _Query, base: str) -> tuple[dict[str, Any], dict[str, str]]:
         try:
             if query.state == "QUEUED":
-                if not self._ready_to_start(query):
+                if not self._ready_to_start(query) or not self._action_done(query):
                     query.queued_polls += 1
                     return self._document(query, base, next_token=query.expected_token + 1), {}
                 self._start(query)
@@ -479,7 +496,7 @@ class PrestoStandin:
         assert self.catalog is not None
         if query.plan is None:
             query.plan = self.translator.plan(query.sql, query.session)
-        if isinstance(query.plan, DuckDBPlan):
+        if isinstance(query.plan, DuckDBPlan | ActionPlan):
             for schema in sorted(query.plan.schemas):
                 try:
                     if not self.catalog.wait(schema, self.poll_wait):
@@ -523,6 +540,45 @@ class PrestoStandin:
             else None
         )
         query.state = "RUNNING"
+
+    def _action_done(self, query: _Query) -> bool:
+        """For a statement with side effects: run it in the background (a long write must not
+        outlast the client's request timeout) and report whether it has finished; then its
+        answer replaces the plan. True at once for other statements."""
+        if not isinstance(query.plan, ActionPlan | _RunningAction):
+            return True
+        if isinstance(query.plan, ActionPlan):
+            query.plan = self._launch(query.plan, query)
+        running = query.plan
+        if not running.done.wait(self.poll_wait):
+            return False
+        if running.error is not None:
+            raise running.error
+        query.plan = running.result
+        return True
+
+    def _launch(self, plan: ActionPlan, query: _Query) -> _RunningAction:
+        assert self.catalog is not None
+        running = _RunningAction()
+        con = self.catalog.cursor()
+
+        def run() -> None:
+            try:
+                columns, rows = plan.run(con, query.id)
+                running.result = StaticPlan(columns, rows, update_type=plan.update_type)
+            except duckdb.Error as err:
+                running.error = presto_error_from_duckdb(err)
+            except PrestoError as err:
+                running.error = err
+            except Exception as err:  # reported to the client, as Presto reports a crash
+                log.exception("query %s failed", query.id)
+                running.error = PrestoError(errors.GENERIC_INTERNAL_ERROR, f"{err}")
+            finally:
+                con.close()
+                running.done.set()
+
+        threading.Thread(target=run, name=f"presto-action-{query.id}", daemon=True).start()
+        return running
 
     def _release(self, query: _Query) -> None:
         if query.source is not None:

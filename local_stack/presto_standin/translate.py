@@ -8,7 +8,9 @@ A statement goes through these steps:
    not parse is ``SYNTAX_ERROR`` with Presto's message, line and column.
 2. Queries are parsed with sqlglot's Presto dialect; what sqlglot cannot parse although the
    grammar accepted it is ``NOT_SUPPORTED`` (a limit of the stand-in).
-3. Only read queries are accepted; every table reference is resolved against the session's
+3. Only read queries are accepted (``CREATE``/``DROP`` go to the Hive catalog, ``hive.py``,
+   which translates a ``CREATE TABLE ... AS`` query the same way); every table reference is
+   resolved against the session's
    catalog and schema (``X-Presto-Catalog`` / ``X-Presto-Schema``) into ``tpch.<schema>.<table>``
    and checked, giving Presto's messages (``Table tpch.tiny.x does not exist``).
 4. Checks that keep the stand-in from accepting what Presto rejects or from returning different
@@ -41,6 +43,7 @@ from sqlglot.tokens import Token, TokenType
 from . import catalog as tpch
 from .errors import NOT_SUPPORTED, SYNTAX_ERROR, PrestoError, location_of
 from .grammar import check_statement
+from .hive import DDL_WORDS, ActionPlan, HiveCatalog
 
 # Functions sqlglot does not model but that exist with the same semantics in DuckDB. Anything
 # else sqlglot leaves as an anonymous function is refused instead of guessed.
@@ -113,22 +116,25 @@ class StaticPlan:
     update_type: str | None = None
 
 
-Plan = DuckDBPlan | StaticPlan
+Plan = DuckDBPlan | StaticPlan | ActionPlan
 
 
 class Translator:
     """Turns Presto statements into plans for the configured ``tpch`` schemas.
 
-    ``visible_up_to`` returns the "visible up to" date for each query (``None``: all data).
+    ``visible_up_to`` returns the "visible up to" date for each query (``None``: all data);
+    ``hive`` is the Hive catalog that ``CREATE``/``DROP`` statements go to (``hive.py``).
     """
 
     def __init__(
         self,
         schemas: tuple[str, ...],
         visible_up_to: Callable[[], date | None] | None = None,
+        hive: HiveCatalog | None = None,
     ) -> None:
         self.schemas = schemas
         self.visible_up_to = visible_up_to
+        self.hive = hive
 
     # -- entry point -------------------------------------------------------------------------
 
@@ -139,7 +145,22 @@ class Translator:
         body = sql[head.end() if head else 0 :]
         if _UTILITY_WORDS.match(body):
             return self._utility(body, session)
+        if DDL_WORDS.match(body):
+            return self._ddl(body, session)
         return DuckDBPlan(*self._translate_query(sql, session))
+
+    def _ddl(self, body: str, session: Session) -> ActionPlan:
+        if self.hive is None:
+            raise PrestoError(
+                NOT_SUPPORTED,
+                "The Presto stand-in has no Hive catalog (start it with --hive-catalog) and the "
+                "tpch connector is read-only",
+            )
+        return self.hive.plan(
+            body,
+            (session.catalog, session.schema),
+            lambda query: self._translate_query(query, session),
+        )
 
     # -- utility statements ------------------------------------------------------------------
 
@@ -305,6 +326,11 @@ class Translator:
         return session.catalog, session.schema, parts[0]
 
     def _check(self, catalog: str, schema: str | None, table: str | None = None) -> None:
+        if self.hive is not None and catalog == self.hive.name:
+            raise PrestoError(
+                NOT_SUPPORTED,
+                f"The Presto stand-in writes the {catalog} catalog but cannot read it",
+            )
         if catalog != tpch.CATALOG:
             if catalog == "system":
                 raise PrestoError(NOT_SUPPORTED, "The Presto stand-in has no 'system' catalog")

@@ -18,7 +18,7 @@ from airflow.sdk import DAG, Asset, Param, TaskGroup, get_current_context, task
 
 from mlops_sagemaker import batch_tasks, tasks
 from mlops_sagemaker.config import UseCase
-from mlops_sagemaker.dag_kit import PipelineKit, announce_task, approved_versions_asset
+from mlops_sagemaker.dag_kit import PipelineKit, announce_task, approved_versions_asset, param
 from mlops_sagemaker.failures import apply_policy
 from mlops_sagemaker.operators import IdempotentTransformOperator
 from mlops_sagemaker.payloads import ASSET_EVENT_KEY, ExtractManifest
@@ -74,7 +74,7 @@ date are rewritten byte for byte. Owner: {config.owner}.
 def _params(config: UseCase) -> dict[str, Param]:
     model = config.need_batch().model
     return {
-        SELECTION_PARAM: Param(
+        SELECTION_PARAM: param(
             model.selection,
             enum=["latest_approved", "as_of_run_date", "pinned"],
             title="Model selection",
@@ -82,7 +82,7 @@ def _params(config: UseCase) -> dict[str, Param]:
         ),
         # Nullable: the trigger form marks a plain string Param required and keeps Trigger
         # disabled while it is empty.
-        PINNED_PARAM: Param(
+        PINNED_PARAM: param(
             model.pinned_version,
             type=["null", "string"],
             title="Pinned version",

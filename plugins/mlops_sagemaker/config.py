@@ -24,6 +24,10 @@ _IDENTIFIER = r"^[A-Za-z_][A-Za-z0-9_]*$"
 _BUCKET = r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$"
 _S3_PREFIX = r"^[A-Za-z0-9!_.*'()-]+(?:/[A-Za-z0-9!_.*'()-]+)*$"
 
+# libyaml's safe loader (same tags and types as yaml.SafeLoader) reads a config about ten times
+# faster than the pure-Python one: every DAG file reads every use case's file at each parse.
+_YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
 # The SageMaker scikit-learn framework versions the step code is tested on, oldest first; the
 # same table builds the local stack's image venvs (local_stack/images.py).
 SKLEARN_FRAMEWORK_VERSIONS = tuple(
@@ -40,7 +44,10 @@ class ConfigError(ValueError):
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # defer_build: a model's validator is built when first used, not at import. Parsing only
+    # validates UseCase (its schema holds the nested models'), so the nested models' own
+    # validators are never built: a DAG file imports this module at every parse.
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
 
 
 Identifier = Annotated[str, Field(pattern=_IDENTIFIER)]
@@ -70,6 +77,27 @@ class Source(_Strict):
     sensor: SensorSettings = SensorSettings()
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class UnloadSettings(_Strict):
+    """``presto_unload``: the Hive-connector catalog and schema of the scratch table Presto
+    writes the result through (the schema must exist; README "Extraction without Airflow"),
+    and how many instances the split reads the files on (``ShardedByS3Key``)."""
+
+    catalog: Identifier = "hive"
+    schema_: Identifier = Field("mlops_scratch", alias="schema")
+    split_instance_count: int = Field(2, ge=1, le=100)
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class Extract(_Strict):
+    """How training's extraction reaches S3: ``streaming`` (through the Airflow worker, in
+    chunks) or ``presto_unload`` (Presto writes Parquet to S3 itself). Batch inference always
+    streams: its transform needs gzip CSV parts."""
+
+    mode: Literal["streaming", "presto_unload"] = "streaming"
+    unload: UnloadSettings = UnloadSettings()
 
 
 class Split(_Strict):
@@ -651,6 +679,7 @@ class UseCase(_Strict):
     owner: str = "data-engineering"
     connections: Connections = Connections()
     source: Source
+    extract: Extract = Extract()
     dataset: Dataset
     storage: Storage
     sagemaker: SageMakerSettings
@@ -751,7 +780,7 @@ def load_use_case(path: Path) -> UseCase:
     """Read and validate one use-case YAML; raise ``ConfigError`` naming the file and fields."""
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.load(path.read_text(), Loader=_YAML_LOADER)
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML: {err}") from err
     if not isinstance(raw, dict):

@@ -7,8 +7,10 @@ imported lazily: a DAG file only pays for the pipeline it publishes.
 
 from __future__ import annotations
 
+import gc
 import os
-from collections.abc import Callable, MutableMapping
+from collections.abc import Callable, Iterator, MutableMapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +50,23 @@ def _builder(pipeline: str) -> Callable[[UseCase, Path], Any]:
     raise ValueError(f"unknown pipeline {pipeline!r}")
 
 
+@contextmanager
+def _collector_paused() -> Iterator[None]:
+    """Pause Python's cyclic garbage collector while the DAGs are built (restored after).
+
+    Building creates tens of thousands of objects that all live on in the DAGs, so each
+    collection the allocations trigger walks an ever larger heap and frees next to nothing:
+    with 20 use cases, pausing it cuts the batch-inference and endpoint files' parse (CPU)
+    by about a sixth."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
 def publish_dags(
     namespace: MutableMapping[str, Any],
     include: Path,
@@ -61,12 +80,13 @@ def publish_dags(
     loaded = load_all(include / "config")
     build = _builder(pipeline)
     dag_ids = []
-    for config in loaded.use_cases:
-        if getattr(config, pipeline) is not None:
-            built = build(config, include)
-            for dag in built if isinstance(built, list) else [built]:
-                namespace[dag.dag_id] = dag
-                dag_ids.append(dag.dag_id)
+    with _collector_paused():
+        for config in loaded.use_cases:
+            if getattr(config, pipeline) is not None:
+                built = build(config, include)
+                for dag in built if isinstance(built, list) else [built]:
+                    namespace[dag.dag_id] = dag
+                    dag_ids.append(dag.dag_id)
     if with_config_errors:
         from mlops_sagemaker.config_error_dag import build_config_error_dag
 

@@ -26,6 +26,18 @@ from mlops_sagemaker.operators import CHECK_INTERVAL_PARAM, DataArrivalSensor, P
 from mlops_sagemaker.payloads import ASSET_EVENT_KEY
 from mlops_sagemaker.timetables import RangedCronDataIntervalTimetable
 
+# Airflow checks a Param's schema against its JSON Schema metaschema every time it reads the
+# Param (about twice per task and Param when the DAG processor serializes a DAG: the largest
+# part of the parse time a use case adds). The draft-07 metaschema is checked about 2.5x faster than the
+# default 2020-12 one, and what our Params use (type, enum, minimum, maximum, title) means the
+# same in both.
+JSON_SCHEMA_DIALECT = "http://json-schema.org/draft-07/schema#"
+
+
+def param(default: Any, description: str | None = None, **schema: Any) -> Param:
+    """A DAG Param whose JSON schema (``schema``: type, enum, title, ...) declares draft-07."""
+    return Param(default, description, **{"$schema": JSON_SCHEMA_DIALECT, **schema})
+
 
 @dataclass(frozen=True)
 class Opening:
@@ -116,7 +128,7 @@ class PipelineKit:
         )
 
     def _check_interval_param(self) -> Param:
-        return Param(
+        return param(
             self.config.sagemaker.check_interval_seconds,
             type="integer",
             minimum=1,
@@ -126,8 +138,14 @@ class PipelineKit:
         )
 
     def opening(self, *, file_format: str = "parquet") -> Opening:
-        """``check_run_date`` → ``wait_for_data`` → ``extract`` (call inside the DAG)."""
+        """``check_run_date`` → ``wait_for_data`` → ``extract`` (call inside the DAG).
+
+        Training's extraction follows ``extract.mode``; batch inference's always streams (its
+        transform reads gzip CSV, which Presto's Hive writer does not produce as needed)."""
         config, section = self.config, self.section
+        unload = None
+        if config.extract.mode == "presto_unload" and self.pipeline == "training":
+            unload = (config.extract.unload.catalog, config.extract.unload.schema_)
         check = check_run_date_task(config, self.pipeline)
         wait_for_data = DataArrivalSensor(
             task_id="wait_for_data",
@@ -150,6 +168,7 @@ class PipelineKit:
             aws_conn_id=config.connections.aws,
             chunk_rows=config.source.extract_chunk_rows,
             file_format=file_format,
+            unload=unload,
             context_label=(
                 "order dates {{ window_start(data_interval_end) }} .. "
                 "{{ data_interval_end | ds }} (exclusive)"
@@ -244,4 +263,5 @@ __all__ = [
     "approved_versions_asset",
     "check_run_date_task",
     "default_args",
+    "param",
 ]

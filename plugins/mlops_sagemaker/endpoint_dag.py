@@ -20,10 +20,10 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from airflow.sdk import DAG, Asset, AssetWatcher, Param, TaskGroup, get_current_context, task
+from airflow.sdk import DAG, Asset, AssetWatcher, TaskGroup, get_current_context, task
 
 from mlops_sagemaker.config import Stage, UseCase
-from mlops_sagemaker.dag_kit import approved_versions_asset, default_args
+from mlops_sagemaker.dag_kit import approved_versions_asset, default_args, param
 from mlops_sagemaker.failures import apply_policy
 from mlops_sagemaker.notifications import notifiers
 from mlops_sagemaker.operators import THROUGH_STAGE_PARAM as THROUGH_PARAM
@@ -121,14 +121,14 @@ def build_endpoint_dag(config: UseCase, include_dir: Path) -> DAG:
         tags=["mlops", config.use_case, "endpoint"],
         params={
             # Nullable, so that the trigger form lets it stay empty (see the batch DAG).
-            VERSION_PARAM: Param(
+            VERSION_PARAM: param(
                 None,
                 type=["null", "string"],
                 title="Model version",
                 description="Version number or model package ARN; empty: the triggering "
                 f"approval, else {section.model.selection}",
             ),
-            THROUGH_PARAM: Param(
+            THROUGH_PARAM: param(
                 section.stages[-1].name,
                 enum=[s.name for s in section.stages],
                 title="Deploy through stage",
@@ -404,7 +404,7 @@ def build_teardown_dag(config: UseCase, include_dir: Path) -> DAG:
         "target and alarms. Safe to run again: a missing endpoint is not an error.",
         schedule=None,
         tags=["mlops", config.use_case, "endpoint"],
-        params={STAGE_PARAM: Param(stages[0], enum=stages, title="Stage")},
+        params={STAGE_PARAM: param(stages[0], enum=stages, title="Stage")},
         **_dag_kwargs(config),
     ) as dag:
 

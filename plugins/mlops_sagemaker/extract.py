@@ -1,15 +1,22 @@
 """Stream a Presto query result to S3 as Parquet or gzip CSV parts, with a manifest written last.
 
 Why not ``SqlToS3Operator`` or ``PrestoHook.get_pandas_df``: both hold the whole result in memory
-(a 5 GB export took about 10 GB of RAM in a public report). Here rows are read with
-``fetchmany(chunk_rows)``, each chunk becomes one part uploaded at once, and memory stays
-bounded by the chunk size.
+(a 5 GB export took about 10 GB of RAM in a public report). Here the result is read page by
+page, every ``chunk_rows`` rows become one part uploaded at once, and memory stays bounded by
+the chunk size.
 
 ``presto-python-client`` 0.8.4's ``Cursor.execute`` itself reads every result page before it
 returns (``PrestoQuery.execute`` loops until the query is finished), so ``fetchmany`` alone
 would not bound memory. :func:`start_streaming_query` starts the query with only the initial
 ``POST`` and lets the cursor fetch the following pages as ``fetchmany`` consumes rows; with any
 other DB-API cursor it falls back to ``cursor.execute``.
+
+Speed: a background thread fetches the next Presto pages (at most one chunk of rows ahead, so
+memory stays bounded) while the main thread converts, encodes and uploads the previous ones;
+waiting for the coordinator then overlaps with our own work. Pages are decoded with ``msgspec``
+(an Airflow dependency; about 5x faster than ``json`` on result pages, falling back to the
+client's own decoding for anything it rejects) and taken whole instead of row by row, and
+columns go to Arrow in bulk where the JSON values need no per-value conversion.
 
 Layout under ``s3://<bucket>/<prefix>/``::
 
@@ -41,15 +48,19 @@ import datetime as dt
 import gzip
 import hashlib
 import io
+import itertools
 import json
 import logging
 import re
+import threading
 import zoneinfo
-from collections.abc import Callable, Mapping, Sequence
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
+import msgspec
 import prestodb.client
 import prestodb.dbapi
 import prestodb.exceptions
@@ -220,22 +231,75 @@ def _columns(description: Sequence[Sequence[Any]] | None) -> list[_Column]:
 # -- parts -------------------------------------------------------------------------------------
 
 
-def _arrow_table(rows: Sequence[Sequence[Any]], columns: list[_Column]) -> pa.Table:
-    arrays = []
-    for index, column in enumerate(columns):
-        values = [row[index] for row in rows]
-        if column.convert is not None:
-            convert = column.convert
-            values = [None if v is None else convert(v) for v in values]
-        try:
-            arrays.append(pa.array(values, type=column.arrow_type))
-        except (pa.ArrowException, ValueError, TypeError) as err:
-            raise ExtractError(
-                f"Cannot convert column {column.name!r} ({column.presto_type}) to "
-                f"{column.arrow_type}: {err}"
-            ) from err
-    schema = pa.schema([pa.field(c.name, c.arrow_type) for c in columns])
-    return pa.Table.from_arrays(arrays, schema=schema)
+def _schema(columns: list[_Column]) -> pa.Schema:
+    return pa.schema([pa.field(c.name, c.arrow_type) for c in columns])
+
+
+# Arrow's string -> date32 cast accepts year 0, which Python's dates (the per-value converter)
+# refuse: such a column goes value by value, so it fails as it always did.
+_FIRST_PYTHON_DAY = (dt.date(1, 1, 1) - dt.date(1970, 1, 1)).days
+
+
+def _bulk_array(values: list[Any], column: _Column) -> pa.Array | None:
+    """``values`` converted to Arrow in one call, or None where only the per-value converter
+    gives the right result (doubles sent as strings such as ``"NaN"``, dates not in ISO form)."""
+    try:
+        if column.convert is _to_float:
+            # The same result as the per-value path whenever no value is a string (else Arrow
+            # raises and the converter handles them).
+            return pa.array(values, type=column.arrow_type)
+        if column.convert is _to_date:
+            days = pa.array(values, type=pa.string()).cast(pa.date32())
+            first = pc.min(days.view(pa.int32())).as_py()
+            return days if first is None or first >= _FIRST_PYTHON_DAY else None
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        pass
+    return None
+
+
+def _column_array(values: list[Any], column: _Column) -> pa.Array:
+    array = None if column.convert is None else _bulk_array(values, column)
+    if array is not None:
+        return array
+    if column.convert is not None:
+        convert = column.convert
+        values = [None if v is None else convert(v) for v in values]
+    try:
+        return pa.array(values, type=column.arrow_type)
+    except (pa.ArrowException, ValueError, TypeError) as err:
+        raise ExtractError(
+            f"Cannot convert column {column.name!r} ({column.presto_type}) to "
+            f"{column.arrow_type}: {err}"
+        ) from err
+
+
+def _record_batch(
+    rows: Sequence[Sequence[Any]], columns: list[_Column], schema: pa.Schema
+) -> pa.RecordBatch:
+    arrays = [_column_array([row[i] for row in rows], c) for i, c in enumerate(columns)]
+    return pa.RecordBatch.from_arrays(arrays, schema=schema)
+
+
+def _chunk_tables(
+    batches: Iterable[Sequence[Sequence[Any]]], columns: list[_Column], chunk_rows: int
+) -> Iterator[pa.Table]:
+    """Convert row batches (Presto pages) to Arrow as they come and regroup them into tables of
+    exactly ``chunk_rows`` rows (the last one may be shorter), each one contiguous: the same rows
+    give the same parts however the pages fall."""
+    schema = _schema(columns)
+    pending: list[pa.RecordBatch] = []
+    pending_rows = 0
+    for rows in batches:
+        pending.append(_record_batch(rows, columns, schema))
+        pending_rows += len(rows)
+        del rows  # the page's Python objects go now: the Arrow batch is far smaller
+        while pending_rows >= chunk_rows:
+            table = pa.Table.from_batches(pending, schema)
+            pending = table.slice(chunk_rows).to_batches()
+            pending_rows -= chunk_rows
+            yield table.slice(0, chunk_rows).combine_chunks()
+    if pending_rows:
+        yield pa.Table.from_batches(pending, schema).combine_chunks()
 
 
 def _parquet_bytes(table: pa.Table) -> bytes:
@@ -363,14 +427,35 @@ def part_uris(manifest: Mapping[str, Any]) -> list[str]:
 # -- streaming ---------------------------------------------------------------------------------
 
 
+_JSON = msgspec.json.Decoder()
+
+
+def _decode_json(response: requests.Response) -> Any:
+    """A Presto response's JSON document, decoded by msgspec (about 5x faster than ``json`` on
+    result pages). What msgspec refuses (``NaN`` literals, numbers beyond float range, invalid
+    UTF-8, malformed JSON) goes to requests' own decoding: the result, or the error, is the
+    client's own."""
+    try:
+        return _JSON.decode(response.content)
+    except (msgspec.DecodeError, UnicodeDecodeError):
+        return requests.Response.json(response)
+
+
 class _StreamingQuery(prestodb.client.PrestoQuery):
     """A ``PrestoQuery`` whose ``execute`` sends the statement and returns at once.
 
-    ``PrestoResult`` then fetches each following page when its rows are iterated.
+    ``PrestoResult`` then fetches each following page when its rows are iterated; :meth:`pages`
+    reads them a page at a time instead. Pages are decoded by :func:`_decode_json`.
     """
 
+    _first_rows: list[list[Any]] = []  # the rows of the POST's answer, set by execute()
+
+    def _process(self, response: requests.Response) -> prestodb.client.PrestoStatus:
+        response.json = lambda **_: _decode_json(response)  # type: ignore[method-assign]
+        return self._request.process(response)
+
     def execute(self) -> prestodb.client.PrestoResult:
-        status = self._request.process(self._request.post(self._sql))
+        status = self._process(self._request.post(self._sql))
         self.query_id = status.id
         self._stats.update({"queryId": self.query_id})
         self._stats.update(status.stats)
@@ -379,8 +464,40 @@ class _StreamingQuery(prestodb.client.PrestoQuery):
             self._columns = status.columns
         if status.next_uri is None:
             self._finished = True
+        self._first_rows = status.rows
         self._result = prestodb.client.PrestoResult(self, status.rows)
         return self._result
+
+    def fetch(self) -> list[list[Any]]:
+        """``PrestoQuery.fetch`` (the next page's rows), with the page decoded by msgspec."""
+        if self._request.next_uri is None:
+            self._finished = True
+            return []
+        status = self._process(self._request.get(self._request.next_uri))
+        if status.columns:
+            self._columns = status.columns
+        self._stats.update(status.stats)
+        if status.next_uri is None:
+            self._finished = True
+        return status.rows
+
+    def pages(self) -> Iterator[list[list[Any]]]:
+        """The result's rows, one list per non-empty page, each page fetched when asked for.
+
+        Use it instead of the cursor's ``fetch*`` (not with them): whole pages, without the
+        generator step and ``fetchone`` call per row of ``cursor.fetchmany``.
+        """
+        rows, self._first_rows = self._first_rows, []
+        while True:
+            if rows:
+                yield rows
+            if self._finished:
+                return
+            try:
+                rows = self.fetch()
+            except prestodb.exceptions.HttpError as err:
+                # What the cursor's fetchone makes of it, so a failure reads as it always did.
+                raise prestodb.exceptions.OperationalError(str(err)) from err
 
 
 def start_streaming_query(cursor: Any, sql: str) -> None:
@@ -399,6 +516,66 @@ def start_streaming_query(cursor: Any, sql: str) -> None:
     # The cursor's fetch*/description/cancel work off these two attributes.
     cursor._query = query
     cursor._iterator = iter(result)
+
+
+class _Prefetcher:
+    """Iterate ``batches`` in a background thread, at most ``max_rows`` rows ahead of the
+    consumer (so memory stays bounded): while the consumer converts, encodes and uploads, the
+    thread already waits for the next Presto pages. A failure in the thread is raised by the
+    iteration, after the batches that came before it, as if it were read in line.
+    """
+
+    def __init__(self, batches: Iterator[list[Any]], max_rows: int) -> None:
+        self._batches = batches
+        self._max_rows = max_rows
+        self._queue: deque[list[Any]] = deque()
+        self._queued_rows = 0
+        self._error: BaseException | None = None
+        self._done = False
+        self._closed = False
+        self._changed = threading.Condition()
+        self._thread = threading.Thread(target=self._run, name="extract-prefetch", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            for batch in self._batches:
+                with self._changed:
+                    while self._queued_rows >= self._max_rows and not self._closed:
+                        self._changed.wait()
+                    if self._closed:
+                        return
+                    self._queue.append(batch)
+                    self._queued_rows += len(batch)
+                    self._changed.notify_all()
+        except BaseException as err:  # handed to the consumer, raised there
+            self._error = err
+        finally:
+            with self._changed:
+                self._done = True
+                self._changed.notify_all()
+
+    def __iter__(self) -> Iterator[list[Any]]:
+        while True:
+            with self._changed:
+                while not self._queue and not self._done:
+                    self._changed.wait()
+                if not self._queue:
+                    if self._error is not None:
+                        raise self._error
+                    return
+                batch = self._queue.popleft()
+                self._queued_rows -= len(batch)
+                self._changed.notify_all()
+            yield batch
+
+    def close(self, timeout: float = 60.0) -> None:
+        """Stop fetching and wait (up to ``timeout`` s: one page request) for the thread."""
+        with self._changed:
+            self._closed = True
+            self._queue.clear()
+            self._changed.notify_all()
+        self._thread.join(timeout)
 
 
 def _presto_failure(err: Exception, label: str) -> ExtractError:
@@ -439,20 +616,25 @@ def _utc_now() -> str:
 # -- the extraction ----------------------------------------------------------------------------
 
 
-def _fetch(cursor: Any, size: int, label: str) -> list[Any]:
-    try:
-        return cursor.fetchmany(size)
-    except PRESTO_ERRORS as err:
-        raise _presto_failure(err, label) from err
+def _fetchmany_batches(cursor: Any, size: int) -> Iterator[list[Any]]:
+    while rows := cursor.fetchmany(size):
+        yield rows
 
 
-def _first_chunk(
+def _start(
     cursor: Any, sql: str, chunk_rows: int, label: str
-) -> tuple[list[_Column], list[Any], str | None]:
-    """Start the query; return its columns, its first chunk of rows and its query id."""
+) -> tuple[list[_Column], list[Any], Iterator[list[Any]]]:
+    """Start the query; return its columns, its first rows and an iterator over the rest (in
+    pages for the Presto client's cursor, in ``fetchmany`` batches for any other)."""
     try:
         start_streaming_query(cursor, sql)
-        rows = cursor.fetchmany(1)  # one row first: the column types are checked early
+        query = getattr(cursor, "_query", None)
+        if isinstance(query, _StreamingQuery):
+            rest = query.pages()
+            rows = next(rest, [])  # the first page: the column types are checked early
+        else:
+            rows = cursor.fetchmany(1)  # one row first: the column types are checked early
+            rest = _fetchmany_batches(cursor, chunk_rows)
     except PRESTO_ERRORS as err:
         raise _presto_failure(err, label) from err
     if not rows:
@@ -461,9 +643,19 @@ def _first_chunk(
             "source data for this window has landed (the data-arrival sensor) and that the "
             "window and filters in the SQL are right."
         )
-    columns = _columns(cursor.description)
-    rows += _fetch(cursor, chunk_rows - 1, label)
-    return columns, rows, (cursor.stats or {}).get("queryId")
+    return _columns(cursor.description), rows, rest
+
+
+def _presto_errors_mapped(batches: Iterable[list[Any]], label: str) -> Iterator[list[Any]]:
+    iterator = iter(batches)
+    while True:
+        try:
+            batch = next(iterator)
+        except StopIteration:
+            return
+        except PRESTO_ERRORS as err:
+            raise _presto_failure(err, label) from err
+        yield batch
 
 
 @dataclass(frozen=True)
@@ -474,36 +666,53 @@ class _Target:
     file_format: str
 
 
-def _write_parts(
-    s3: Any, cursor: Any, sql: str, target: _Target, chunk_rows: int, label: str
-) -> tuple[list[_Column], list[dict[str, Any]], str | None]:
-    """Run the query and write each chunk as one part; return the columns, the parts written
-    and the query id. Only one chunk is in memory at a time."""
-    columns, rows, query_id = _first_chunk(cursor, sql, chunk_rows, label)
-    if target.file_format == "csv.gz":
-        _check_csv_columns(columns)
-    # From here on the previous output is being replaced: its manifest must not describe it.
-    if s3.check_for_key(target.manifest_key, bucket_name=target.bucket):
-        s3.delete_objects(bucket=target.bucket, keys=[target.manifest_key])
+def _upload_parts(s3: Any, target: _Target, tables: Iterable[pa.Table]) -> list[dict[str, Any]]:
+    """Encode and upload each table as the next part; return the parts written."""
     encode = _ENCODERS[target.file_format]
     parts: list[dict[str, Any]] = []
     row_count = 0
-    while rows:
+    for table in tables:
         key = f"{target.data_prefix}part-{len(parts):05d}.{target.file_format}"
-        body = encode(_arrow_table(rows, columns))
+        body = encode(table)
         s3.load_bytes(body, key=key, bucket_name=target.bucket, replace=True)
-        row_count += len(rows)
+        row_count += table.num_rows
         parts.append(
             {
                 "key": key,
-                "rows": len(rows),
+                "rows": table.num_rows,
                 "bytes": len(body),
                 "sha256": hashlib.sha256(body).hexdigest(),
             }
         )
-        log.info("Wrote %s: %d rows (%d so far)", key, len(rows), row_count)
-        del rows, body  # the next chunk replaces this one in memory, not next to it
-        rows = _fetch(cursor, chunk_rows, label)
+        log.info("Wrote %s: %d rows (%d so far)", key, table.num_rows, row_count)
+        del table, body  # the next chunk replaces this one in memory, not next to it
+    return parts
+
+
+def _write_parts(
+    s3: Any, cursor: Any, sql: str, target: _Target, chunk_rows: int, label: str
+) -> tuple[list[_Column], list[dict[str, Any]], str | None]:
+    """Run the query and write every ``chunk_rows`` rows as one part; return the columns, the
+    parts written and the query id. At most two chunks of rows are in memory: the one being
+    written and the one being fetched."""
+    columns, first, rest = _start(cursor, sql, chunk_rows, label)
+    query_id = (cursor.stats or {}).get("queryId")
+    if target.file_format == "csv.gz":
+        _check_csv_columns(columns)
+    # Only the Presto client's own cursor is read from another thread (DB-API cursors in
+    # general need not be thread-safe), and only by that thread until it is closed.
+    streaming = isinstance(getattr(cursor, "_query", None), _StreamingQuery)
+    prefetch = _Prefetcher(rest, chunk_rows) if streaming else None
+    try:
+        # From here on the previous output is being replaced: its manifest must not describe it.
+        if s3.check_for_key(target.manifest_key, bucket_name=target.bucket):
+            s3.delete_objects(bucket=target.bucket, keys=[target.manifest_key])
+        batches = _presto_errors_mapped(itertools.chain([first], prefetch or rest), label)
+        del first
+        parts = _upload_parts(s3, target, _chunk_tables(batches, columns, chunk_rows))
+    finally:
+        if prefetch is not None:
+            prefetch.close()
     return columns, parts, query_id
 
 
@@ -541,7 +750,8 @@ def extract_to_s3(
     :param bucket: target bucket.
     :param prefix: target prefix without bucket; parts go to ``{prefix}/data/`` and the
         manifest to ``{prefix}/manifest.json``.
-    :param chunk_rows: rows per part; bounds the memory used.
+    :param chunk_rows: rows per part; bounds the memory used (at most about two chunks of rows:
+        the one being written and the one being fetched ahead).
     :param context_label: what is being extracted (e.g. the date window), for error messages.
     :param file_format: ``"parquet"`` (``part-NNNNN.parquet``) or ``"csv.gz"``
         (``part-NNNNN.csv.gz``, for SageMaker batch transform; see the module docstring).

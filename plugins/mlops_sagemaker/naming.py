@@ -26,7 +26,13 @@ MAX_TUNING_NAME = 32
 _ATTEMPTS = "123456789abcdefghijklmnopqrstuvwxyz"
 _NAME_RULE = re.compile(r"^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}$")
 
-STEP_CODES = {"split": "prep", "tuning": "hpo", "evaluation": "eval", "transform": "bt"}
+STEP_CODES = {
+    "split": "prep",
+    "baseline": "base",  # presto_unload: one instance over the sharded split's outputs
+    "tuning": "hpo",
+    "evaluation": "eval",
+    "transform": "bt",
+}
 
 
 def fingerprint(payload: Any, length: int = 6) -> str:

@@ -16,7 +16,8 @@
 * ``EndpointDeployedSensor``: the provider's endpoint sensor and waiter take a deployment that
   SageMaker rolled back for success; this one fails it, naming the config still served.
 * ``PrestoToS3Operator``: ``SqlToS3Operator`` loads the whole result into pandas; this one
-  streams chunks (``extract.extract_to_s3``) and renders its SQL file like any Airflow template.
+  streams chunks (``extract.extract_to_s3``) or has Presto write the files itself
+  (``unload.unload_to_s3``) and renders its SQL file like any Airflow template.
 """
 
 from __future__ import annotations
@@ -489,7 +490,8 @@ class DataArrivalSensor(SqlSensor):
 @failure_policy
 class PrestoToS3Operator(BaseOperator):
     """Run a templated Presto SQL file and stream its result to S3 as Parquet (or, for batch
-    transform input, gzip CSV) parts.
+    transform input, gzip CSV) parts; with ``unload`` (a Hive catalog and schema) Presto writes
+    Parquet files to S3 itself instead (``extract.mode: presto_unload``).
 
     The SQL is rendered by Airflow (``template_ext`` ``.sql``, the DAG's StrictUndefined), so the
     exact query of each run shows in the UI's Rendered Template tab.
@@ -511,10 +513,14 @@ class PrestoToS3Operator(BaseOperator):
         chunk_rows: int,
         file_format: str = "parquet",
         context_label: str = "",
+        unload: tuple[str, str] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        if unload is not None and file_format != "parquet":
+            raise ValueError("Presto writes Parquet only: unload needs file_format parquet")
         self.file_format = file_format
+        self.unload = unload
         self.sql = sql
         self.s3_bucket = s3_bucket
         self.s3_prefix = s3_prefix
@@ -524,7 +530,21 @@ class PrestoToS3Operator(BaseOperator):
         self.context_label = context_label
 
     def execute(self, context: Any) -> dict:
-        """Stream the query result to S3; return the manifest (row count, schema, parts)."""
+        """Write the query result to S3; return the manifest (row count, schema, parts)."""
+        if self.unload is not None:
+            from mlops_sagemaker.unload import unload_to_s3
+
+            catalog, schema = self.unload
+            return unload_to_s3(
+                sql=self.sql,
+                presto_conn_id=self.presto_conn_id,
+                aws_conn_id=self.aws_conn_id,
+                bucket=self.s3_bucket,
+                prefix=self.s3_prefix,
+                catalog=catalog,
+                schema=schema,
+                context_label=self.context_label,
+            )
         from mlops_sagemaker.extract import extract_to_s3
 
         return extract_to_s3(

@@ -106,7 +106,14 @@ class ExtractManifest(Payload):
 
     def data_fingerprint(self) -> str:
         """A hash of the extracted data (rows, parts with their checksums, schema): a job fed
-        with it changes name exactly when the data changes."""
+        with it changes name exactly when the data changes.
+
+        Parts that Presto wrote itself (``unload.py``) have no sha256 and names that change
+        with every write (``<query id>_<uuid>``): their content is identified by S3's ETag, and
+        the names are left out, so a re-run that writes the same bytes keeps the jobs' names."""
         from mlops_sagemaker.naming import fingerprint
 
-        return fingerprint({"rows": self.row_count, "parts": self.parts, "schema": self.columns})
+        parts: list[Any] = self.parts
+        if parts and all(part.get("sha256") is None and "etag" in part for part in parts):
+            parts = sorted([p["etag"], p["bytes"], p["rows"]] for p in parts)
+        return fingerprint({"rows": self.row_count, "parts": parts, "schema": self.columns})

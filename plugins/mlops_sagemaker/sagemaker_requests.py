@@ -94,7 +94,9 @@ def _named(request: dict[str, Any], key: str, base: str, limit: int) -> dict[str
     return request
 
 
-def _s3_input(name: str, uri: str, local_path: str) -> dict[str, Any]:
+def _s3_input(
+    name: str, uri: str, local_path: str, distribution: str = "FullyReplicated"
+) -> dict[str, Any]:
     return {
         "InputName": name,
         "S3Input": {
@@ -102,7 +104,7 @@ def _s3_input(name: str, uri: str, local_path: str) -> dict[str, Any]:
             "LocalPath": local_path,
             "S3DataType": "S3Prefix",
             "S3InputMode": "File",
-            "S3DataDistributionType": "FullyReplicated",
+            "S3DataDistributionType": distribution,
         },
     }
 
@@ -144,13 +146,14 @@ def _processing_request(
     inputs: list[dict[str, Any]],
     outputs: list[dict[str, Any]],
     upstream: str,
+    instance_count: int | None = None,
 ) -> dict[str, Any]:
     settings = config.sagemaker
     output_config: dict[str, Any] = {"Outputs": outputs}
     if settings.network.kms_key_id:
         output_config["KmsKeyId"] = settings.network.kms_key_id
     cluster: dict[str, Any] = {
-        "InstanceCount": settings.processing.instance_count,
+        "InstanceCount": instance_count or settings.processing.instance_count,
         "InstanceType": settings.processing.instance_type,
         "VolumeSizeInGB": settings.processing.volume_size_gb,
     }
@@ -183,6 +186,24 @@ def _processing_request(
     return _named(request, "ProcessingJobName", base, MAX_NAME)
 
 
+def sharded_split_instances(config: UseCase) -> int | None:
+    """Instances of a sharded split (``presto_unload``: Presto wrote many files), else None."""
+    extract = config.extract
+    return extract.unload.split_instance_count if extract.mode == "presto_unload" else None
+
+
+def _split_arguments(config: UseCase) -> list[str]:
+    data, split = config.dataset, config.need_training().split
+    return [
+        "--key-column", data.key_column,
+        "--label-column", data.label_column,
+        "--feature-columns", ",".join(data.feature_columns),
+        "--train-fraction", str(split.train),
+        "--validation-fraction", str(split.validation),
+        "--split-salt", split.salt,
+    ]  # fmt: skip
+
+
 def split_request(
     config: UseCase,
     run: RunInfo,
@@ -191,31 +212,56 @@ def split_request(
     extract_data_uri: str,
     data_fingerprint: str,
 ) -> dict[str, Any]:
-    """CreateProcessingJob request running ``preprocess.py`` on the extracted rows."""
+    """CreateProcessingJob request running ``preprocess.py`` on the extracted rows.
+
+    Sharded (``presto_unload``): several instances, each given its share of the files
+    (``ShardedByS3Key``), each writing its part of the splits under its host name; the
+    baseline comes from :func:`baseline_request`."""
     paths = run_paths(config, run.ds)
-    data, split = config.dataset, config.need_training().split
     out = f"{PROCESSING_ROOT}/output"
+    instances = sharded_split_instances(config)
     arguments = [
-        "--input-dir", f"{PROCESSING_ROOT}/input/data",
-        "--output-dir", out,
-        "--key-column", data.key_column,
-        "--label-column", data.label_column,
-        "--feature-columns", ",".join(data.feature_columns),
-        "--train-fraction", str(split.train),
-        "--validation-fraction", str(split.validation),
-        "--split-salt", split.salt,
+        "--input-dir", f"{PROCESSING_ROOT}/input/data", "--output-dir", out,
+        *_split_arguments(config),
     ]  # fmt: skip
+    names = ["train", "validation", "test", "baseline"]
+    if instances:
+        arguments += ["--shard-outputs", "--resource-config", "/opt/ml/config/resourceconfig.json"]
+        names.remove("baseline")
+    distribution = "ShardedByS3Key" if instances else "FullyReplicated"
     inputs = [
-        _s3_input("data", extract_data_uri, f"{PROCESSING_ROOT}/input/data"),
+        _s3_input("data", extract_data_uri, f"{PROCESSING_ROOT}/input/data", distribution),
         _s3_input("code", code.scripts_uri, f"{PROCESSING_ROOT}/input/code"),
     ]
-    outputs = [
-        _s3_output(name, paths.uri("split", name, ""), f"{out}/{name}")
-        for name in ("train", "validation", "test", "baseline")
-    ]
+    outputs = [_s3_output(n, paths.uri("split", n, ""), f"{out}/{n}") for n in names]
     return _processing_request(
         config, run, "split", image_uri, "preprocess.py", arguments, inputs, outputs,
-        upstream=data_fingerprint,
+        upstream=data_fingerprint, instance_count=instances,
+    )  # fmt: skip
+
+
+def baseline_request(
+    config: UseCase,
+    run: RunInfo,
+    code: CodeLocations,
+    image_uri: str,
+    split_outputs: dict[str, str],
+    split_job_name: str,
+) -> dict[str, Any]:
+    """CreateProcessingJob request running ``preprocess.py --merge-dir`` on one instance over
+    a sharded split's outputs: the checks that need every row (unique keys, both label
+    classes, no empty split) and the one training baseline, as an unsharded split writes it."""
+    paths = run_paths(config, run.ds)
+    splits, out = f"{PROCESSING_ROOT}/input/splits", f"{PROCESSING_ROOT}/output"
+    arguments = ["--merge-dir", splits, "--output-dir", out, *_split_arguments(config)]
+    inputs = [
+        *(_s3_input(n, split_outputs[n], f"{splits}/{n}") for n in ("train", "validation", "test")),
+        _s3_input("code", code.scripts_uri, f"{PROCESSING_ROOT}/input/code"),
+    ]
+    outputs = [_s3_output("baseline", paths.uri("split", "baseline", ""), f"{out}/baseline")]
+    return _processing_request(
+        config, run, "baseline", image_uri, "preprocess.py", arguments, inputs, outputs,
+        upstream=split_job_name,
     )  # fmt: skip
 
 

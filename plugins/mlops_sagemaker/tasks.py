@@ -21,6 +21,7 @@ from mlops_sagemaker.payloads import BestModel, ExtractManifest, GateResult, Sta
 from mlops_sagemaker.sagemaker_requests import (
     CodeLocations,
     RunInfo,
+    baseline_request,
     evaluation_request,
     model_package_group_request,
     registration_request,
@@ -132,6 +133,20 @@ def plan_split(
     """The split job's request; its name changes only when the extracted data changes."""
     return split_request(
         config, run, _code(staged), staged.image_uri, manifest.data_uri, manifest.data_fingerprint()
+    )
+
+
+def plan_baseline(
+    config: UseCase, run: RunInfo, staged: StagedCode, split_result: Mapping[str, Any]
+) -> dict[str, Any]:
+    """The baseline job's request over a sharded split's outputs (``presto_unload``)."""
+    return baseline_request(
+        config,
+        run,
+        _code(staged),
+        staged.image_uri,
+        processing_outputs(split_result),
+        split_result["Processing"]["ProcessingJobName"],
     )
 
 

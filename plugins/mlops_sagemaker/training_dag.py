@@ -12,11 +12,11 @@ import json
 from pathlib import Path
 from typing import Any
 
-from airflow.sdk import DAG, Asset, Param, TaskGroup, get_current_context, task
+from airflow.sdk import DAG, Asset, TaskGroup, get_current_context, task
 
-from mlops_sagemaker import tasks
+from mlops_sagemaker import sagemaker_requests, tasks
 from mlops_sagemaker.config import UseCase
-from mlops_sagemaker.dag_kit import PipelineKit, announce_task
+from mlops_sagemaker.dag_kit import PipelineKit, announce_task, param
 from mlops_sagemaker.failures import apply_policy
 from mlops_sagemaker.notifications import notifiers
 from mlops_sagemaker.operators import (
@@ -49,8 +49,8 @@ def _doc(config: UseCase) -> str:
 | step | what happens |
 |---|---|
 | `wait_for_data` | waits (reschedule mode) until `{config.sql_dir}/{training.data_arrival_query}` is true for the run date |
-| `extract` | streams `{config.sql_dir}/{training.query}` ({training.lookback_days}-day window ending at the data interval end) from Presto to `s3://{config.storage.bucket}/{config.storage.prefix}/{config.use_case}/training/<ds>/extract/` |
-| `split` (`plan`, `job`) | SageMaker Processing runs `preprocess.py`: validation, deterministic hash split, training baseline |
+| `extract` | {"has Presto write (CREATE TABLE AS, extract.mode presto_unload)" if config.extract.mode == "presto_unload" else "streams"} `{config.sql_dir}/{training.query}` ({training.lookback_days}-day window ending at the data interval end) from Presto to `s3://{config.storage.bucket}/{config.storage.prefix}/{config.use_case}/training/<ds>/extract/` |
+| `split` (`plan`, `job`[, `baseline_plan`, `baseline`]) | SageMaker Processing runs `preprocess.py`: validation, deterministic hash split, training baseline (presto_unload: the split on several instances, each a share of the files, then `baseline` over all rows) |
 | `tune` (`plan`, `job`, `best_model`) | SageMaker {t.strategy} tuning of a RandomForest, {t.max_jobs} jobs ({t.max_parallel_jobs} in parallel), objective `{t.objective.metric_name}` ({t.objective.type}) |
 | `evaluate` (`plan`, `job`) | SageMaker Processing runs `evaluate.py` on the best model and the test split |
 | `quality_gate` | fails unless test `{evaluation.metric}` ≥ {evaluation.threshold} (Param `evaluation_threshold` overrides per run) |
@@ -68,7 +68,7 @@ def build_training_dag(config: UseCase, include_dir: Path) -> DAG:
     itself, so the graph reads wait → extract → split → tune → evaluate → gate → register."""
     kit = PipelineKit(config, "training", include_dir)
     evaluation = config.need_training().evaluation
-    threshold = Param(
+    threshold = param(
         evaluation.threshold,
         type="number",
         minimum=0,
@@ -87,8 +87,10 @@ def build_training_dag(config: UseCase, include_dir: Path) -> DAG:
         manifest = opening.extract.output
         with TaskGroup("split", tooltip="Split train/validation/test (SageMaker Processing)"):
             split = _processing_job(kit, _plan_split(config, staged, manifest))
+            baseline = _sharded_baseline(kit, staged, split) or split
         with TaskGroup("tune", tooltip="Hyperparameter tuning (SageMaker)"):
             plan = _plan_tuning(config, staged, split.output)
+            baseline >> plan  # a sharded split's all-row checks come before any training
             tune = IdempotentTuningOperator(
                 task_id="job",
                 config=plan,
@@ -100,14 +102,35 @@ def build_training_dag(config: UseCase, include_dir: Path) -> DAG:
         gate = _quality_gate(config, evaluate.output)
         with TaskGroup("register", tooltip="Register a model version (SageMaker Model Registry)"):
             version = _register(
-                config, _plan_registration(config, staged, model, gate, manifest, split)
+                config, _plan_registration(config, staged, model, gate, manifest, baseline)
             )
             version >> announce_task(model_versions_asset(config), source=version.task_id)
     return dag
 
 
-def _processing_job(kit: PipelineKit, plan: Any) -> IdempotentProcessingOperator:
-    return IdempotentProcessingOperator(task_id="job", config=plan, **kit.job_kwargs())
+def _processing_job(
+    kit: PipelineKit, plan: Any, task_id: str = "job"
+) -> IdempotentProcessingOperator:
+    return IdempotentProcessingOperator(task_id=task_id, config=plan, **kit.job_kwargs())
+
+
+def _sharded_baseline(
+    kit: PipelineKit, staged: Any, split: IdempotentProcessingOperator
+) -> IdempotentProcessingOperator | None:
+    """``presto_unload``: the split ran sharded, so one more job (``baseline_plan`` →
+    ``baseline``) checks what needs every row and writes the one training baseline."""
+    config = kit.config
+    if sagemaker_requests.sharded_split_instances(config) is None:
+        return None
+
+    @task(task_id="baseline_plan")
+    @apply_policy
+    def plan_baseline(staged: dict, split_result: dict) -> dict:
+        """Build the baseline processing job request over the split's outputs."""
+        run = tasks.run_info(get_current_context())
+        return tasks.plan_baseline(config, run, StagedCode.from_xcom(staged), split_result)
+
+    return _processing_job(kit, plan_baseline(staged, split.output), task_id="baseline")
 
 
 def _plan_split(config: UseCase, staged: Any, manifest: Any) -> Any:

@@ -285,6 +285,26 @@ def test_one_bad_file_hides_no_other_use_case(tmp_path: Path) -> None:
     assert "evaluation.threshold" in parsed["dags"]["mlops_zz_bad_config_error"]["doc"]
 
 
+def test_many_use_cases_parse_offline_into_their_own_dags(tmp_path: Path) -> None:
+    # The parse-time benchmark's generated use cases (bench/dag_parse_time.py --scale): they
+    # must stay valid as the shipped config evolves, and parse with sockets blocked.
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "dag_parse_time", ROOT / "bench/dag_parse_time.py"
+    )
+    assert spec is not None and spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    names = bench.write_use_cases(tmp_path / "include", 3)
+    parsed = parse_dags(ROOT / "dags", {"MLOPS_INCLUDE_DIR": str(tmp_path / "include")})
+    assert parsed["errors"] == {} and parsed["sockets"] == []
+    suffixes = ["training", "batch_inference", "endpoint", "endpoint_teardown"]
+    assert set(parsed["dags"]) == {f"mlops_{n}_{s}" for n in names for s in suffixes}
+    pools = {p for n in names for p, _ in parsed["dags"][f"mlops_{n}_training"]["pools"].values()}
+    assert {f"mlops_{n}" for n in names} <= pools, "each use case has its own pool"
+
+
 def test_yml_files_are_use_cases_too(tmp_path: Path) -> None:
     include = _include_with(tmp_path, {"tpch_orders.yml": SHIPPED})
     parsed = parse_dags(ROOT / "dags", {"MLOPS_INCLUDE_DIR": str(include)})

@@ -7,17 +7,25 @@ import gzip
 import io
 import json
 import math
+import random
+import struct
+import threading
+import time
 from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
 
+import botocore.exceptions
 import jinja2
 import prestodb
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import requests
+from airflow.providers.amazon.aws.hooks.s3 import S3Hook
 
 from local_stack.presto_standin import PrestoStandin
+from mlops_sagemaker import extract as extract_module
 from mlops_sagemaker.extract import (
     EmptyExtractError,
     ExtractError,
@@ -499,3 +507,239 @@ def test_arrow_type_mapping(presto_type, arrow, value, converted):
 def test_unsupported_types_are_named(presto_type):
     with pytest.raises(UnsupportedPrestoTypeError, match="Cast it in the SQL"):
         arrow_type(presto_type, "col")
+
+
+# -- speed-ups keep the output and the failures ------------------------------------------------
+
+
+def prefetch_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "extract-prefetch" and t.is_alive()]
+
+
+def reference_parquet(rows: list[list], description: list[tuple[str, str]]) -> bytes:
+    """A part as per-value conversion of every value gives it (what the extraction always did)."""
+    arrays, fields = [], []
+    for index, (name, presto_type) in enumerate(description):
+        arrow, convert = arrow_type(presto_type, name)
+        values = [row[index] for row in rows]
+        if convert is not None:
+            values = [None if v is None else convert(v) for v in values]
+        arrays.append(pa.array(values, type=arrow))
+        fields.append(pa.field(name, arrow))
+    buffer = io.BytesIO()
+    pq.write_table(
+        pa.Table.from_arrays(arrays, schema=pa.schema(fields)), buffer, compression="snappy"
+    )
+    return buffer.getvalue()
+
+
+def test_parts_are_byte_identical_to_per_value_conversion(presto, presto_conn, s3):
+    # Chunks of 700 rows cut across the stand-in's pages of 500; doubles include NaN and
+    # infinities (sent as strings), dates include NULLs.
+    sql = """
+        SELECT orderkey, orderdate, CASE WHEN orderkey % 3 = 0 THEN orderdate END AS some_date,
+               CASE WHEN orderkey % 50 = 1 THEN CAST('NaN' AS double)
+                    WHEN orderkey % 50 = 2 THEN CAST('-Infinity' AS double)
+                    WHEN orderkey % 7 = 0 THEN NULL ELSE totalprice / 7 END AS price,
+               CAST(totalprice AS real) AS price_real, CAST(totalprice AS decimal(12,2)) AS dec,
+               CAST(orderdate AS timestamp) AS ts, clerk, CAST(shippriority AS integer) AS prio
+        FROM orders WHERE orderkey < 12000 ORDER BY orderkey
+    """
+    manifest = extract(sql, "identical/extract", chunk_rows=700)
+
+    conn = prestodb.dbapi.connect(
+        host="127.0.0.1", port=presto.port, user="test", catalog="tpch", schema="tiny"
+    )
+    cursor = conn.cursor()
+    cursor.execute(sql)
+    rows = cursor.fetchall()
+    description = [(d[0], d[1]) for d in cursor.description]
+    assert manifest["part_count"] == math.ceil(len(rows) / 700) > 3
+    for index, uri in enumerate(part_uris(manifest)):
+        expected = reference_parquet(rows[index * 700 : (index + 1) * 700], description)
+        assert get_body(s3, uri) == expected, uri
+
+
+def test_s3_failure_mid_stream_stops_fetching_cancels_and_writes_no_manifest(
+    presto, presto_conn, s3, monkeypatch
+):
+    uploads, cancelled = [], []
+    load_bytes, cancel = S3Hook.load_bytes, prestodb.dbapi.Cursor.cancel
+
+    def failing_load_bytes(self, body, key, **kwargs):
+        if len(uploads) == 2:
+            raise botocore.exceptions.ClientError(
+                {"Error": {"Code": "SlowDown", "Message": "Please reduce your request rate."}},
+                "PutObject",
+            )
+        uploads.append(key)
+        return load_bytes(self, body, key=key, **kwargs)
+
+    def recording_cancel(self):
+        cancelled.append(self.stats["queryId"])
+        return cancel(self)
+
+    monkeypatch.setattr(S3Hook, "load_bytes", failing_load_bytes)
+    monkeypatch.setattr(prestodb.dbapi.Cursor, "cancel", recording_cancel)
+
+    with pytest.raises(botocore.exceptions.ClientError, match="SlowDown"):
+        extract("SELECT orderkey, comment FROM lineitem", "s3fail/extract", chunk_rows=1000)
+
+    assert keys_under(s3, "s3fail/") == [
+        f"s3fail/extract/data/part-0000{i}.parquet" for i in (0, 1)
+    ]
+    assert prefetch_threads() == []  # the background fetch ended with the extraction
+    assert len(cancelled) == 1
+    info = presto.query_info(cancelled[0])
+    assert info["cancelled"] and info["rows"] < 60_175  # stopped one chunk ahead at most
+
+
+def test_presto_failure_in_background_fetch_comes_after_the_earlier_parts(presto, presto_conn, s3):
+    sql = "SELECT orderkey FROM orders /* standin:fail after_pages=6 error=EXCEEDED_TIME_LIMIT */"
+    with pytest.raises(PrestoQueryFailedError) as raised:
+        extract(sql, "bgfail/extract", chunk_rows=1000, context_label="ds 1996-01-01")
+
+    message = str(raised.value)
+    assert "EXCEEDED_TIME_LIMIT" in message and "ds 1996-01-01" in message
+    assert keys_under(s3, "bgfail/") == [
+        f"bgfail/extract/data/part-0000{i}.parquet" for i in range(3)
+    ]
+    assert prefetch_threads() == []
+
+
+def test_prefetch_stays_at_most_one_chunk_ahead():
+    batch_rows, max_rows, consumed = 10, 100, [0]
+    leads: list[int] = []
+
+    def batches() -> Iterator[list[int]]:
+        for index in range(100):
+            leads.append((index + 1) * batch_rows - consumed[0])
+            yield [index] * batch_rows
+
+    seen = []
+    for batch in extract_module._Prefetcher(batches(), max_rows):
+        consumed[0] += len(batch)
+        seen.append(batch[0])
+        time.sleep(0.002)  # a consumer slower than the producer: the bound is what holds it
+    assert seen == list(range(100))
+    assert max(leads) <= max_rows + 2 * batch_rows  # queued rows, plus the batch being read
+    assert max(leads) >= max_rows  # it does read ahead
+
+
+def test_prefetch_raises_the_sources_error_after_its_batches_and_close_stops_it():
+    def failing() -> Iterator[list[int]]:
+        yield [1]
+        yield [2]
+        raise prestodb.exceptions.HttpError("error 502")
+
+    received = []
+    with pytest.raises(prestodb.exceptions.HttpError, match="502"):
+        for batch in extract_module._Prefetcher(failing(), 10):
+            received.extend(batch)
+    assert received == [1, 2]
+
+    def endless() -> Iterator[list[int]]:
+        while True:
+            yield [0] * 10
+
+    prefetch = extract_module._Prefetcher(endless(), 50)
+    next(iter(prefetch))
+    prefetch.close(timeout=5)
+    assert prefetch_threads() == []
+
+
+def fake_response(body: bytes) -> requests.Response:
+    response = requests.Response()
+    response.status_code = 200
+    response._content = body
+    response.encoding = "utf-8"  # what the Presto client sets before decoding
+    return response
+
+
+def test_page_decoding_matches_the_clients_json_decoding():
+    rng = random.Random(11)
+    doubles = [
+        struct.unpack("<d", rng.getrandbits(64).to_bytes(8, "little"))[0] for _ in range(3000)
+    ]
+    doubles = [d for d in doubles if math.isfinite(d)] + [
+        0.1,
+        1e-320,
+        5e-324,
+        1.7976931348623157e308,
+    ]
+    page = json.dumps({"data": [[d, 2**70, "é\u2028"] for d in doubles], "nextUri": None})
+    assert extract_module._decode_json(fake_response(page.encode())) == json.loads(page)
+
+    # What msgspec refuses goes to requests' own decoding: same value, or the same error.
+    for body in (b'{"data": [[NaN, 1e400]]}', b'{"x": "\\ud800"}', b'{"x": "\xff"}'):
+        assert repr(extract_module._decode_json(fake_response(body))) == repr(
+            fake_response(body).json()
+        )
+    with pytest.raises(requests.exceptions.JSONDecodeError):
+        extract_module._decode_json(fake_response(b"<html>bad gateway</html>"))
+
+
+@pytest.mark.parametrize(
+    ("presto_type", "values"),
+    [
+        ("double", [1.5, 2, None, -0.0]),
+        ("double", [1.5, "NaN", "Infinity", "-Infinity", None]),
+        ("real", [1.5, "NaN", None]),
+        ("date", ["1996-01-02", None, "9999-12-31", "0001-01-01"]),
+        ("date", ["1996-01-02", "19960102"]),  # Python reads the basic form, Arrow's cast does not
+    ],
+)
+def test_bulk_conversion_equals_per_value_conversion(presto_type, values):
+    column = extract_module._columns([("c", presto_type)])[0]
+    arrow, convert = arrow_type(presto_type)
+    expected = pa.array([None if v is None else convert(v) for v in values], type=arrow)
+    array = extract_module._column_array(values, column)
+    assert array.type == expected.type
+    assert repr(array.to_pylist()) == repr(expected.to_pylist())  # NaN and -0.0 compared too
+
+
+def test_bulk_conversion_fails_like_per_value_conversion():
+    column = extract_module._columns([("c", "date")])[0]
+    with pytest.raises(ValueError, match="year 0 is out of range"):  # Arrow alone would accept it
+        extract_module._column_array(["1996-01-02", "0000-01-01"], column)
+    column = extract_module._columns([("c", "double")])[0]
+    with pytest.raises(ValueError, match="could not convert string to float"):
+        extract_module._column_array([1.0, "oops"], column)
+
+
+class _ListCursor:
+    """A DB-API cursor that is not the Presto client's: read with fetchmany, in this thread."""
+
+    description = [("x", "bigint", None, None, None, None, None)]
+    stats = None
+
+    def __init__(self, count: int) -> None:
+        self._rows = iter([[i] for i in range(count)])
+        self.sizes: list[int] = []
+        self.threads: set[str] = set()
+
+    def execute(self, sql: str) -> None:
+        pass
+
+    def fetchmany(self, size: int) -> list[list[int]]:
+        self.sizes.append(size)
+        self.threads.add(threading.current_thread().name)
+        return [row for _, row in zip(range(size), self._rows, strict=False)]
+
+    def cancel(self) -> None:
+        pass
+
+
+def test_other_db_api_cursors_are_read_with_fetchmany_in_line(presto_conn, s3, monkeypatch):
+    from airflow.providers.presto.hooks.presto import PrestoHook
+
+    cursor = _ListCursor(2500)
+    conn = type("Conn", (), {"cursor": lambda self: cursor})()
+    monkeypatch.setattr(PrestoHook, "get_conn", lambda self: conn)
+
+    manifest = extract("SELECT x", "dbapi/extract", chunk_rows=1000)
+
+    assert [p["rows"] for p in manifest["parts"]] == [1000, 1000, 500]
+    assert cursor.sizes[0] == 1 and set(cursor.sizes[1:]) == {1000}
+    assert cursor.threads == {threading.current_thread().name}
+    assert read_all(s3, manifest).column("x").to_pylist() == list(range(2500))
