@@ -17,8 +17,8 @@ serialization of every DAG — for
   modules as ours (found by a first, untimed probe parse) and defining one trivial DAG.
 
 Samples of all the variants are interleaved, round by round (the machine's load drifts). Prints
-the medians, N use cases against 1 (goal: at most 3x) and each file against its minimal twin
-(goal: at most 1.2x). Every timed parse runs with ``socket`` connect and name resolution
+the medians of wall-clock and CPU time, N use cases against 1 (goal: at most 3x) and each file
+against its minimal twin (goal: at most 1.2x). Every timed parse runs with ``socket`` connect and name resolution
 replaced by functions raising (and counting the attempts): any network use fails the parse and
 the benchmark. Neither the samples nor the minimal files get the DAG processor's pre-import of a
 file's ``airflow.*`` imports, so both pay for the provider modules they import.
