@@ -58,7 +58,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any
+from typing import Any, TypedDict
 
 import msgspec
 import prestodb.client
@@ -441,6 +441,36 @@ def _decode_json(response: requests.Response) -> Any:
         return requests.Response.json(response)
 
 
+class _QueryResults(TypedDict, total=False):
+    """Presto's ``QueryResults`` document, with each row of ``data`` decoded as a tuple."""
+
+    id: Any
+    infoUri: Any
+    partialCancelUri: Any
+    nextUri: Any
+    columns: Any
+    data: list[tuple]
+    stats: Any
+    error: Any
+    warnings: Any
+    updateType: Any
+    updateCount: Any
+
+
+_PAGE = msgspec.json.Decoder(_QueryResults)
+
+
+def _decode_page(response: requests.Response) -> Any:
+    """Like :func:`_decode_json`, with the rows as tuples. Why: the garbage collector stops
+    tracking a tuple of scalars, never a list, so rows waiting in memory no longer trigger full
+    collections over the whole heap (about 2 s of CPU on 1.5 M rows). A document not shaped
+    like ``QueryResults`` is decoded by :func:`_decode_json`."""
+    try:
+        return _PAGE.decode(response.content)
+    except (msgspec.DecodeError, UnicodeDecodeError):
+        return _decode_json(response)
+
+
 class _StreamingQuery(prestodb.client.PrestoQuery):
     """A ``PrestoQuery`` whose ``execute`` sends the statement and returns at once.
 
@@ -450,8 +480,10 @@ class _StreamingQuery(prestodb.client.PrestoQuery):
 
     _first_rows: list[list[Any]] = []  # the rows of the POST's answer, set by execute()
 
-    def _process(self, response: requests.Response) -> prestodb.client.PrestoStatus:
-        response.json = lambda **_: _decode_json(response)  # type: ignore[method-assign]
+    def _process(
+        self, response: requests.Response, decode: Callable[[requests.Response], Any] = _decode_json
+    ) -> prestodb.client.PrestoStatus:
+        response.json = lambda **_: decode(response)  # type: ignore[method-assign]
         return self._request.process(response)
 
     def execute(self) -> prestodb.client.PrestoResult:
@@ -470,10 +502,13 @@ class _StreamingQuery(prestodb.client.PrestoQuery):
 
     def fetch(self) -> list[list[Any]]:
         """``PrestoQuery.fetch`` (the next page's rows), with the page decoded by msgspec."""
+        return self._fetch(_decode_json)
+
+    def _fetch(self, decode: Callable[[requests.Response], Any]) -> list[Any]:
         if self._request.next_uri is None:
             self._finished = True
             return []
-        status = self._process(self._request.get(self._request.next_uri))
+        status = self._process(self._request.get(self._request.next_uri), decode)
         if status.columns:
             self._columns = status.columns
         self._stats.update(status.stats)
@@ -481,11 +516,12 @@ class _StreamingQuery(prestodb.client.PrestoQuery):
             self._finished = True
         return status.rows
 
-    def pages(self) -> Iterator[list[list[Any]]]:
+    def pages(self) -> Iterator[list[Sequence[Any]]]:
         """The result's rows, one list per non-empty page, each page fetched when asked for.
 
         Use it instead of the cursor's ``fetch*`` (not with them): whole pages, without the
-        generator step and ``fetchone`` call per row of ``cursor.fetchmany``.
+        generator step and ``fetchone`` call per row of ``cursor.fetchmany``, and each row a
+        tuple (see :func:`_decode_page`).
         """
         rows, self._first_rows = self._first_rows, []
         while True:
@@ -494,7 +530,7 @@ class _StreamingQuery(prestodb.client.PrestoQuery):
             if self._finished:
                 return
             try:
-                rows = self.fetch()
+                rows = self._fetch(_decode_page)
             except prestodb.exceptions.HttpError as err:
                 # What the cursor's fetchone makes of it, so a failure reads as it always did.
                 raise prestodb.exceptions.OperationalError(str(err)) from err

@@ -678,6 +678,15 @@ def test_page_decoding_matches_the_clients_json_decoding():
     with pytest.raises(requests.exceptions.JSONDecodeError):
         extract_module._decode_json(fake_response(b"<html>bad gateway</html>"))
 
+    # Pages for the extraction: the same document, rows as tuples; other shapes as before.
+    decoded = extract_module._decode_page(fake_response(page.encode()))
+    assert decoded["data"] == [tuple(row) for row in json.loads(page)["data"]]
+    assert all(type(row) is tuple for row in decoded["data"])
+    for body in (b'{"data": {"not": "rows"}}', b'{"data": [[NaN]]}', b'{"error": {"x": 1}}'):
+        assert repr(extract_module._decode_page(fake_response(body))) == repr(
+            fake_response(body).json()
+        )
+
 
 @pytest.mark.parametrize(
     ("presto_type", "values"),
