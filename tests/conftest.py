@@ -38,6 +38,7 @@ LONGEST_FIRST = (
     "e2e/test_endpoint_dag.py",
     "e2e/test_recorded_requests.py",
     "e2e/test_failure_modes.py",
+    "e2e/test_training_unload.py",
 )
 
 
