@@ -10,7 +10,8 @@ Usage: ``PYTHONPATH=.:plugins .venv/bin/python bench/batch_transform_throughput.
    batch extraction writes it: gzip CSV parts of ``extract_chunk_rows`` (50,000) rows, no
    header.
 2. Model: ``preprocess.py`` + ``train.py`` (75 trees, depth 10, ``n_jobs=-1``) on sf 0.01, run on
-   the endpoint image's interpreter (``bench/inference_handler.py``'s ``train_model``).
+   the endpoint image's interpreter (``train_model`` of ``bench/_model_fixture.py``, as
+   ``bench/inference_handler.py`` trains it).
 3. The transform job: the DAG's own request (``inference_requests.transform_request``: CSV,
    ``SplitType=Line``, ``MultiRecord``, ``InputFilter $[1:]``, ``JoinSource=Input``,
    ``OutputFilter $[0,-2,-1]``) against the local AWS endpoint started in-process, timed from
@@ -38,15 +39,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from _model_fixture import FEATURES, KEY, endpoint_python, tpch_orders_table
+
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
-FEATURES = [
-    "total_extended_price",
-    "avg_discount",
-    "total_quantity",
-    "lineitem_count",
-    "total_payable_tax",
-]
 PART_ROWS = 50_000  # include/config/tpch_orders.yaml source.extract_chunk_rows
 BUCKET = "bench"
 ROLE = "arn:aws:iam::123456789012:role/bench"
@@ -100,24 +96,13 @@ def image_main(args: argparse.Namespace) -> None:
 
 
 # --- host side ---------------------------------------------------------------------------------
-def endpoint_python() -> Path:
-    """The interpreter of the image the config's models serve with."""
-    sys.path.insert(0, str(BENCH))
-    from inference_handler import endpoint_python as python
-
-    return python()
-
-
 def write_scoring_input(directory: Path, scale_factor: float, rows: int | None) -> int:
     """Gzip CSV parts (key, features; no header) as the batch extraction writes them."""
     import gzip
 
     import pyarrow.csv as pacsv
 
-    sys.path.insert(0, str(BENCH))
-    from inference_handler import tpch_orders_table
-
-    table = tpch_orders_table(scale_factor).select(["orderkey", *FEATURES])
+    table = tpch_orders_table(scale_factor).select([KEY, *FEATURES])
     if rows is not None:
         table = table.slice(0, rows)
     directory.mkdir(parents=True)
@@ -134,10 +119,10 @@ def train(python: Path, workdir: Path) -> Path:
     features = workdir / "train-orders.parquet"
     script = (
         "import sys; from pathlib import Path; sys.path.insert(0, sys.argv[1]);"
-        "from inference_handler import train_model;"
+        "from _model_fixture import train_model;"
         "train_model(Path(sys.argv[2]), Path(sys.argv[3]))"
     )
-    generate = [sys.executable, str(BENCH / "inference_handler.py"), "--write-tpch", str(features)]
+    generate = [sys.executable, str(BENCH / "_model_fixture.py"), "--write-tpch", str(features)]
     subprocess.run(generate, check=True)
     command = [str(python), "-c", script, str(BENCH), str(features), str(workdir / "train")]
     subprocess.run(command, check=True, capture_output=True)

@@ -614,7 +614,9 @@ class _Prefetcher:
         self._thread.join(timeout)
 
 
-def _presto_failure(err: Exception, label: str) -> ExtractError:
+def presto_failure(err: Exception, label: str) -> ExtractError:
+    """The ``PrestoQueryFailedError`` for a Presto client error, classified (``kind``,
+    ``category``); ``label`` (e.g. ``" for <context>"`` or ``""``) goes into the message."""
     verdict = classify(err)
     if isinstance(err, prestodb.exceptions.PrestoQueryError):
         query_id = f" (query {err.query_id})" if err.query_id else ""
@@ -645,7 +647,8 @@ def _cancel_quietly(cursor: Any) -> None:
         cursor.cancel()
 
 
-def _utc_now() -> str:
+def utc_now() -> str:
+    """The current UTC time as ISO 8601 to the second (the manifest's timestamps)."""
     return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
 
 
@@ -672,7 +675,7 @@ def _start(
             rows = cursor.fetchmany(1)  # one row first: the column types are checked early
             rest = _fetchmany_batches(cursor, chunk_rows)
     except PRESTO_ERRORS as err:
-        raise _presto_failure(err, label) from err
+        raise presto_failure(err, label) from err
     if not rows:
         raise EmptyExtractError(
             f"The Presto query returned no rows{label}: nothing to extract. Check that the "
@@ -690,7 +693,7 @@ def _presto_errors_mapped(batches: Iterable[list[Any]], label: str) -> Iterator[
         except StopIteration:
             return
         except PRESTO_ERRORS as err:
-            raise _presto_failure(err, label) from err
+            raise presto_failure(err, label) from err
         yield batch
 
 
@@ -812,7 +815,7 @@ def extract_to_s3(
     sql = sql.strip().rstrip(";").rstrip()
     label = f" for {context_label}" if context_label else ""
     sql_sha256 = hashlib.sha256(sql.encode("utf-8")).hexdigest()
-    started_at = _utc_now()
+    started_at = utc_now()
     log.info(
         "Extracting Presto query (sql sha256 %s)%s to s3://%s/%s as %s in parts of %d rows",
         sql_sha256[:12],
@@ -844,7 +847,7 @@ def extract_to_s3(
         "presto_query_id": query_id,
         "context_label": context_label,
         "started_at": started_at,
-        "finished_at": _utc_now(),
+        "finished_at": utc_now(),
     }
     s3.load_string(
         json.dumps(manifest, indent=2, sort_keys=True),

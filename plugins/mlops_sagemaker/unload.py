@@ -46,9 +46,9 @@ from mlops_sagemaker.extract import (
     EmptyExtractError,
     ExtractError,
     UnsupportedPrestoTypeError,
-    _presto_failure,
-    _utc_now,
     arrow_type,
+    presto_failure,
+    utc_now,
 )
 from mlops_sagemaker.naming import fingerprint
 
@@ -224,7 +224,7 @@ def _execute(cursor: Any, sql: str, label: str) -> tuple[list[Any], str | None]:
         cursor.execute(sql)
         rows = cursor.fetchall()
     except PRESTO_ERRORS as err:
-        raise _presto_failure(err, label) from err
+        raise presto_failure(err, label) from err
     return rows, (cursor.stats or {}).get("queryId")
 
 
@@ -270,7 +270,7 @@ def unload_to_s3(
     sql = sql.strip().rstrip(";").rstrip()
     label = f" for {context_label}" if context_label else ""
     table = scratch_table(catalog, schema, data_uri, sql)
-    started_at = _utc_now()
+    started_at = utc_now()
     client = S3Hook(aws_conn_id=aws_conn_id).get_conn()
     # The previous output is being replaced: first its manifest, then its files.
     client.delete_objects(Bucket=bucket, Delete={"Objects": [{"Key": manifest_key}], "Quiet": True})
@@ -302,7 +302,7 @@ def unload_to_s3(
         "presto_query_id": query_id,
         "context_label": context_label,
         "started_at": started_at,
-        "finished_at": _utc_now(),
+        "finished_at": utc_now(),
     }
     body = json.dumps(manifest, indent=2, sort_keys=True).encode("utf-8")
     client.put_object(Bucket=bucket, Key=manifest_key, Body=body)

@@ -9,7 +9,8 @@ import) must work on the image's Python (3.9 for ``1.2-1``).
 
 The extraction frame (real TPC-H rows, built like ``include/sql/tpch_orders/training.sql``
 builds it in Presto) is generated on the host with DuckDB, which the images do not ship, and
-handed over as Parquet in ``STEP_CODE_TPCH_PARQUET``.
+handed over as Parquet in ``STEP_CODE_TPCH_PARQUET``. Its key, label and feature names come
+from ``tpch_features.py`` (the config's ``dataset`` section).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from tpch_features import FEATURES, KEY, LABEL
 
 IMAGE = os.environ.get("STEP_CODE_IMAGE")
 # Under an image: the step-code tests; on the host: only the runner that starts them per image.
@@ -34,15 +36,6 @@ collect_ignore_glob = ["test_images.py"] if IMAGE else ["test_step_*.py"]
 
 ROOT = Path(__file__).resolve().parents[2]
 STEP_CODE_DIR = ROOT / "include" / "step_code"
-KEY = "orderkey"
-LABEL = "label"
-FEATURES = [
-    "total_extended_price",
-    "avg_discount",
-    "total_quantity",
-    "lineitem_count",
-    "total_payable_tax",
-]
 
 
 def pytest_report_header() -> list[str]:

@@ -23,16 +23,9 @@ import numpy as np
 import pandas as pd
 import pytest
 from sklearn.ensemble import RandomForestClassifier
+from tpch_features import FEATURES, LABEL
 
 HERE = Path(__file__).resolve().parent
-LABEL = "label"
-FEATURES = [
-    "total_extended_price",
-    "avg_discount",
-    "total_quantity",
-    "lineitem_count",
-    "total_payable_tax",
-]
 CSV, JSON, JSONLINES = "text/csv", "application/json", "application/jsonlines"
 ACCEPTS = (CSV, JSON, JSONLINES)
 

@@ -17,6 +17,7 @@ import joblib
 import numpy as np
 import pandas as pd
 import pytest
+from tpch_features import FEATURES, KEY, LABEL
 
 from local_stack.toolkits import (
     InferenceSession,
@@ -28,16 +29,6 @@ from local_stack.toolkits import (
 
 TUNING_METRIC_REGEX = r"validation:auc=([0-9\.]+)"
 SPLITS = ("train", "validation", "test")
-# The TPC-H extraction frame (see conftest.py).
-KEY = "orderkey"
-LABEL = "label"
-FEATURES = [
-    "total_extended_price",
-    "avg_discount",
-    "total_quantity",
-    "lineitem_count",
-    "total_payable_tax",
-]
 
 
 @dataclass
