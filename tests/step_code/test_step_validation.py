@@ -16,6 +16,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from tpch_features import FEATURES, LABEL
 
 from local_stack.toolkits import run_training_job
 
@@ -281,9 +282,9 @@ def _train_argv(train: Path, validation: Path, out: Path, *extra: str) -> list[s
         "--n_estimators",
         "5",
         "--feature_columns",
-        "total_extended_price,avg_discount,total_quantity,lineitem_count,total_payable_tax",
+        ",".join(FEATURES),
         "--label_column",
-        "label",
+        LABEL,
         "--train",
         str(train),
         "--validation",
