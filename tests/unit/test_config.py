@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 import pytest
@@ -181,3 +182,16 @@ def test_batch_without_training_needs_its_group_and_gate(tmp_path: Path) -> None
     config = load_use_case(write(tmp_path, batch_only_with_group))
     assert config.model_package_group == "some-group"
     assert config.approval_gate().threshold == 0.6
+
+
+def test_the_step_code_tests_read_the_shipped_column_names() -> None:
+    # tests/step_code/tpch_features.py reads the config without PyYAML (one image venv has none).
+    spec = importlib.util.spec_from_file_location(
+        "tpch_features", ROOT / "tests/step_code/tpch_features.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    dataset = load_use_case(SHIPPED).dataset
+    assert list(dataset.feature_columns) == module.FEATURES
+    assert (dataset.key_column, dataset.label_column) == (module.KEY, module.LABEL)
