@@ -92,6 +92,9 @@ def test_presto_bad_password_fails_the_sensor_at_once(stack) -> None:
     assert conn["password"] not in log
 
 
+BOTO_ATTEMPTS = 3  # botocore reports max_attempts retries after the first call: 4 calls
+
+
 def test_throttling_past_boto_retries_is_transient_and_named(stack, tmp_path) -> None:
     ds = "1994-07-07"
     env = include_copy(
@@ -102,6 +105,11 @@ def test_throttling_past_boto_retries_is_transient_and_named(stack, tmp_path) ->
             )
         },
     )
+    # Fewer boto attempts than the stack's 10: each try still exhausts them, without minutes of
+    # client-side backoff.
+    aws = json.loads(stack.airflow_env()["AIRFLOW_CONN_AWS_DEFAULT"])
+    aws["extra"]["config_kwargs"]["retries"]["max_attempts"] = BOTO_ATTEMPTS
+    env["AIRFLOW_CONN_AWS_DEFAULT"] = json.dumps(aws)
     stack.faults({"throttle": {"CreateProcessingJob": 1000}})
     try:
         code, log = run_dag(stack, ds, env=env)
@@ -110,7 +118,7 @@ def test_throttling_past_boto_retries_is_transient_and_named(stack, tmp_path) ->
     assert code != 0
     assert tries(stack, ds)["split.job"] == (2, "failed"), "a transient failure uses the retries"
     final = [line for line in log.splitlines() if "throttled" in line]
-    assert final and "SageMaker throttled CreateProcessingJob 11 times" in final[-1]
+    assert final and f"SageMaker throttled CreateProcessingJob {BOTO_ATTEMPTS + 1} times" in final[-1]
     assert "[transient: throttling]" in log
     assert "Requested resource not found" not in log
 
