@@ -118,7 +118,9 @@ def test_throttling_past_boto_retries_is_transient_and_named(stack, tmp_path) ->
     assert code != 0
     assert tries(stack, ds)["split.job"] == (2, "failed"), "a transient failure uses the retries"
     final = [line for line in log.splitlines() if "throttled" in line]
-    assert final and f"SageMaker throttled CreateProcessingJob {BOTO_ATTEMPTS + 1} times" in final[-1]
+    assert (
+        final and f"SageMaker throttled CreateProcessingJob {BOTO_ATTEMPTS + 1} times" in final[-1]
+    )
     assert "[transient: throttling]" in log
     assert "Requested resource not found" not in log
 
