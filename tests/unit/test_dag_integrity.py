@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -50,18 +51,21 @@ print(json.dumps({
 """
 
 
-def parse_dags(dags_dir: Path, extra_env: dict[str, str] | None = None) -> dict:
-    """Parse ``dags_dir`` with a DagBag in a subprocess with sockets blocked."""
+def run_script(script: str, path: Path, extra_env: dict[str, str] | None = None) -> Any:
+    """Run ``script`` on ``path`` in a fresh interpreter with the package importable; the JSON
+    of its last stdout line (an AssertionError with its stderr if it fails)."""
     env = {**os.environ, "PYTHONPATH": f"{ROOT / 'plugins'}{os.pathsep}{ROOT}", **(extra_env or {})}
     out = subprocess.run(
-        [sys.executable, "-c", PARSE_SCRIPT, str(dags_dir)],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-        check=True,
-    )
+        [sys.executable, "-c", script, str(path)],
+        capture_output=True, text=True, env=env, timeout=300, check=False,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def parse_dags(dags_dir: Path, extra_env: dict[str, str] | None = None) -> dict:
+    """Parse ``dags_dir`` with a DagBag in a subprocess with sockets blocked."""
+    return run_script(PARSE_SCRIPT, dags_dir, extra_env)
 
 
 @pytest.fixture(scope="module")
@@ -118,18 +122,8 @@ def test_the_dag_processor_pre_imports_every_airflow_module_a_parse_needs(
     # Our package's imports are invisible to the processor's pre-import: a module missing from
     # the DAG file's list would be imported again by every parser process (about 135 ms of CPU
     # per file and parse for the provider modules, bench/dag_parse_time.py).
-    env = {
-        **os.environ,
-        "PYTHONPATH": f"{ROOT / 'plugins'}{os.pathsep}{ROOT}",
-        "AIRFLOW__CORE__PLUGINS_FOLDER": str(ROOT / "plugins"),
-        "AIRFLOW_HOME": str(tmp_path),
-    }
-    out = subprocess.run(
-        [sys.executable, "-c", PRE_IMPORT_SCRIPT, str(ROOT / "dags" / dag_file)],
-        capture_output=True, text=True, env=env, timeout=300, check=False,
-    )  # fmt: skip
-    assert out.returncode == 0, out.stderr[-3000:]
-    late = json.loads(out.stdout.strip().splitlines()[-1])
+    env = {"AIRFLOW__CORE__PLUGINS_FOLDER": str(ROOT / "plugins"), "AIRFLOW_HOME": str(tmp_path)}
+    late = run_script(PRE_IMPORT_SCRIPT, ROOT / "dags" / dag_file, env)
     assert late == [], f"{dag_file} should import these for the DAG processor: {late}"
 
 
@@ -211,13 +205,7 @@ def test_approval_queue_adds_an_sqs_asset_watcher(tmp_path: Path) -> None:
         'getattr(getattr(dag.timetable, "asset_condition", None), "objects", [])],\n'
         '        "upstream": {',
     )
-    env = {**os.environ, "PYTHONPATH": f"{ROOT / 'plugins'}{os.pathsep}{ROOT}"}
-    env["MLOPS_INCLUDE_DIR"] = str(include)
-    out = subprocess.run(
-        [sys.executable, "-c", script, str(ROOT / "dags")],
-        capture_output=True, text=True, env=env, timeout=300, check=True,
-    )  # fmt: skip
-    parsed = json.loads(out.stdout.strip().splitlines()[-1])
+    parsed = run_script(script, ROOT / "dags", {"MLOPS_INCLUDE_DIR": str(include)})
     assert parsed["sockets"] == [] and parsed["errors"] == {}
     watchers = dict(map(tuple, parsed["dags"]["mlops_tpch_orders_endpoint"]["watchers"]))
     assert watchers == {
@@ -268,13 +256,7 @@ def test_retrain_on_assets_adds_a_dispatcher_and_cron_null_drops_the_time_schedu
         'getattr(getattr(dag.timetable, "asset_condition", None), "objects", [])),\n'
         '        "upstream": {',
     )
-    env = {**os.environ, "PYTHONPATH": f"{ROOT / 'plugins'}{os.pathsep}{ROOT}"}
-    env["MLOPS_INCLUDE_DIR"] = str(include)
-    out = subprocess.run(
-        [sys.executable, "-c", script, str(ROOT / "dags")],
-        capture_output=True, text=True, env=env, timeout=300, check=True,
-    )  # fmt: skip
-    parsed = json.loads(out.stdout.strip().splitlines()[-1])
+    parsed = run_script(script, ROOT / "dags", {"MLOPS_INCLUDE_DIR": str(include)})
     assert parsed["errors"] == {} and parsed["sockets"] == []
     retrain = parsed["dags"]["mlops_tpch_orders_retrain"]
     assert retrain["tasks"] == ["run_date", "train"]
